@@ -1,0 +1,99 @@
+"""Time as a dependency: the service reads and waits on time only through a `Clock`."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """Wall time, monotonic time and sleeping, injectable so tests never sleep for real."""
+
+    def now(self) -> float:
+        """Unix time in seconds."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes backwards."""
+        ...
+
+    async def sleep(self, delay_s: float) -> None:
+        """Wait `delay_s` seconds of this clock's time."""
+        ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def now(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, delay_s: float) -> None:
+        await asyncio.sleep(max(0.0, delay_s))
+
+
+class FakeClock:
+    """A clock that moves only when told to; sleepers wake when `advance` passes their deadline."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self._now = time.time() if start is None else start
+        self._mono = 0.0
+        self._counter = itertools.count()
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+
+    def now(self) -> float:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    async def sleep(self, delay_s: float) -> None:
+        if delay_s <= 0:
+            await asyncio.sleep(0)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._mono + delay_s, next(self._counter), future))
+        await future
+
+    @property
+    def sleepers(self) -> int:
+        """How many sleeps are waiting (cancelled ones included until they are reached)."""
+        return sum(1 for _, _, f in self._sleepers if not f.done())
+
+    async def advance(self, delta_s: float) -> None:
+        """Move time forward, waking every sleeper whose deadline is reached, in order."""
+        target = self._mono + delta_s
+        while self._sleepers and self._sleepers[0][0] <= target:
+            deadline, _, future = heapq.heappop(self._sleepers)
+            self._now += deadline - self._mono
+            self._mono = deadline
+            if not future.done():
+                future.set_result(None)
+            # let the woken task run before waking the next one
+            for _ in range(5):
+                await asyncio.sleep(0)
+        self._now += target - self._mono
+        self._mono = target
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+
+async def sleep_or_event(clock: Clock, delay_s: float | None, *events: asyncio.Event) -> None:
+    """Wait `delay_s` of clock time (None: no timer) or until any of `events` is set."""
+    waiters = [asyncio.create_task(e.wait()) for e in events]
+    if delay_s is not None:
+        waiters.append(asyncio.create_task(clock.sleep(delay_s)))
+    if not waiters:
+        return
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)

@@ -1,0 +1,208 @@
+"""The outbox worker: claim due deliveries from the store, POST them, record every attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+
+from bridge.clock import Clock, sleep_or_event
+from bridge.config import DeliveryConfig, SubscriberConfig
+from bridge.deliver import policy
+from bridge.deliver.formats import render
+from bridge.deliver.signing import USER_AGENT, Signer
+from bridge.models import Attempt, Delivery, DeliveryState
+from bridge.store.base import Store
+
+log = structlog.get_logger("bridge.deliver")
+
+EXCERPT_BYTES = 4096
+IDLE_WAIT_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What one attempt did, as the dispatcher reports it to observers (the demo, metrics)."""
+
+    delivery: Delivery
+    attempt: Attempt
+    state: DeliveryState
+
+
+class Dispatcher:
+    """Sends due deliveries, at most `max_in_flight` at once; durable retries are data:
+    a failed attempt stores `next_attempt_at`, nothing waits in memory holding a delivery.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        session: aiohttp.ClientSession,
+        *,
+        subscribers: Sequence[SubscriberConfig],
+        config: DeliveryConfig,
+        clock: Clock,
+        rand: Callable[[], float] = random.random,
+        on_sent: Callable[[Sent], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._session = session
+        self._subs = {s.id: s for s in subscribers}
+        self._signers = {
+            s.id: Signer([s.secret, *s.previous_secrets] if s.secret else []) for s in subscribers
+        }
+        self._active = [s.id for s in subscribers if s.enabled]
+        self._config = config
+        self._clock = clock
+        self._rand = rand
+        self._on_sent = on_sent
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
+        self.lease_s = config.timeout_s * 2 + 30
+        self._wake = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        """New deliveries may be due: look now instead of at the next planned time."""
+        self._wake.set()
+
+    async def drain_once(self) -> int:
+        """Claim what is due now, send it all, wait for the outcomes. Returns how many."""
+        claimed = await self._claim(self._config.max_in_flight)
+        await asyncio.gather(*(self._deliver(d) for d in claimed))
+        return len(claimed)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep up to `max_in_flight` deliveries going until `stop` is set, then let the
+        in-flight ones finish within `timeout_s` (the rest keep their lease and are retried
+        after it expires)."""
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                free = self._config.max_in_flight - len(self._inflight)
+                delay_s: float | None = None  # all slots busy: wait for one to free up
+                if free > 0:
+                    claimed = await self._claim(free)
+                    for delivery in claimed:
+                        task = asyncio.create_task(self._deliver(delivery))
+                        self._inflight.add(task)
+                        task.add_done_callback(self._task_done)
+                    if len(claimed) == free:
+                        continue  # there may be more due
+                    delay_s = await self._idle_delay()
+                await self._wait_for(stop, delay_s)
+        finally:
+            await self._finish_inflight()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task crashed", error=repr(task.exception()))
+
+    async def _idle_delay(self) -> float:
+        due = await self._store.next_due_at(self._active)
+        if due is None:
+            return IDLE_WAIT_S
+        return min(IDLE_WAIT_S, max(0.0, due - self._clock.now()))
+
+    async def _wait_for(self, stop: asyncio.Event, delay_s: float | None) -> None:
+        if delay_s == 0.0:
+            await asyncio.sleep(0)
+        else:
+            await sleep_or_event(self._clock, delay_s, self._wake, stop)
+
+    async def _finish_inflight(self) -> None:
+        if not self._inflight:
+            return
+        _, pending = await asyncio.wait(self._inflight, timeout=self._config.timeout_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _claim(self, limit: int) -> list[Delivery]:
+        return await self._store.claim_due(
+            now=self._clock.now(), limit=limit, lease_s=self.lease_s, subscribers=self._active
+        )
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        sub = self._subs[delivery.subscriber_id]
+        body = render(delivery.event, sub.format)
+        attempt_no = delivery.attempts + 1
+        attempt = await self._post(sub, delivery.event.id, body)
+        outcome = policy.decide(
+            attempt.status_code,
+            attempts_done=attempt_no,
+            now=self._clock.now(),
+            schedule_s=self._config.retry_schedule_s,
+            jitter=self._config.jitter,
+            rand=self._rand,
+        )
+        kept = await self._store.finish_attempt(delivery, attempt, outcome)
+        fields = {
+            "event_id": delivery.event.id,
+            "event_type": delivery.event.type,
+            "subscriber": sub.id,
+            "attempt": attempt_no,
+            "status_code": attempt.status_code,
+            "latency_ms": round(attempt.latency_ms, 1),
+        }
+        if not kept:
+            log.warning("delivery lease lost before the attempt was recorded", **fields)
+        elif outcome.state is DeliveryState.DELIVERED:
+            log.info("delivered", **fields)
+        elif outcome.state is DeliveryState.FAILED:
+            log.error("delivery failed for good (dead-lettered)", error=attempt.error, **fields)
+        else:
+            retry_in = (outcome.next_attempt_at or 0) - self._clock.now()
+            log.warning(
+                "delivery attempt failed, will retry",
+                error=attempt.error,
+                retry_in_s=round(retry_in, 1),
+                **fields,
+            )
+        if self._on_sent is not None and kept:
+            self._on_sent(Sent(delivery, attempt, outcome.state))
+
+    async def _post(self, sub: SubscriberConfig, msg_id: str, body: str) -> Attempt:
+        attempted_at = self._clock.now()
+        timestamp = int(attempted_at)
+        headers = {
+            **sub.headers,
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            **self._signers[sub.id].headers(msg_id, timestamp, body),
+        }
+        started = time.perf_counter()
+        status: int | None = None
+        excerpt = b""
+        error: str | None = None
+        try:
+            async with self._session.post(
+                sub.url,
+                data=body.encode(),
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                status = resp.status
+                excerpt = await resp.content.read(EXCERPT_BYTES)
+                if status >= 300:
+                    error = f"HTTP {status}"
+                    if 300 <= status < 400:
+                        error += " (redirects are not followed)"
+        except TimeoutError:
+            error = f"timed out after {self._config.timeout_s} s"
+        except aiohttp.ClientError as exc:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return Attempt(
+            attempted_at=attempted_at,
+            status_code=status,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            error=error,
+            response_excerpt=excerpt.decode("utf-8", "ignore"),
+        )

@@ -1,0 +1,46 @@
+"""Retry policy, pure: classify an attempt and compute when the next one is due."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+from bridge.models import DeliveryState
+from bridge.store.base import AttemptOutcome
+
+
+def is_success(status_code: int | None) -> bool:
+    """Any 2xx. Redirects are never followed, so 3xx is a failure like every other code."""
+    return status_code is not None and 200 <= status_code < 300
+
+
+def retry_delay_s(
+    attempts_done: int,
+    schedule_s: Sequence[float],
+    jitter: float,
+    rand: Callable[[], float] = random.random,
+) -> float | None:
+    """Delay after attempt number `attempts_done` (1-based), ± `jitter`; None when exhausted."""
+    if attempts_done < 1 or attempts_done > len(schedule_s):
+        return None
+    base = schedule_s[attempts_done - 1]
+    return base * (1 + jitter * (2 * rand() - 1))
+
+
+def decide(
+    status_code: int | None,
+    *,
+    attempts_done: int,
+    now: float,
+    schedule_s: Sequence[float],
+    jitter: float,
+    rand: Callable[[], float] = random.random,
+) -> AttemptOutcome:
+    """Where a delivery stands after its `attempts_done`-th attempt got `status_code`
+    (None: no response: timeout, connection or TLS error)."""
+    if is_success(status_code):
+        return AttemptOutcome(DeliveryState.DELIVERED)
+    delay = retry_delay_s(attempts_done, schedule_s, jitter, rand)
+    if delay is None:
+        return AttemptOutcome(DeliveryState.FAILED)
+    return AttemptOutcome(DeliveryState.PENDING, next_attempt_at=now + delay)

@@ -1,0 +1,46 @@
+"""One root error; subclasses carry the facts as fields, the message says it in words."""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Root of every error the bridge raises on purpose."""
+
+
+class ConfigError(BridgeError):
+    """The configuration is invalid; `problems` lists `key: reason` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class StoreError(BridgeError):
+    """The store could not be opened, migrated or written."""
+
+
+class UpstreamError(BridgeError):
+    """A Munsit API call failed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        self.status = status
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Transient: 429, 5xx, timeout or connection failure. Worth retrying."""
+
+
+class UpstreamAuthError(UpstreamError):
+    """401: the API key was rejected. Retrying cannot help."""
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The API answered something that is not what its documentation promises."""

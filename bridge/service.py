@@ -1,0 +1,115 @@
+"""The composition root: builds the store, HTTP sessions, client, poller and dispatcher once."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from types import TracebackType
+
+import aiohttp
+
+from bridge.clock import Clock, SystemClock
+from bridge.config import Settings
+from bridge.deliver.dispatcher import Dispatcher, Sent
+from bridge.deliver.formats import SUPPORTED_FORMATS
+from bridge.detect.poller import Poller, PollResult
+from bridge.errors import ConfigError
+from bridge.store.base import Store
+from bridge.store.sqlite import SqliteStore
+from bridge.upstream.client import MunsitClient
+
+
+def preflight(settings: Settings) -> None:
+    """Refuse settings this version cannot serve, naming the key."""
+    problems = [
+        f"subscribers[{i}].format: {s.format!r} is not available in this version "
+        f"(available: {', '.join(sorted(SUPPORTED_FORMATS))})"
+        for i, s in enumerate(settings.subscribers)
+        if s.format not in SUPPORTED_FORMATS
+    ]
+    if problems:
+        raise ConfigError(problems)
+
+
+def build_store(settings: Settings) -> Store:
+    return SqliteStore(settings.store.sqlite_path())
+
+
+class Service:
+    """The running bridge. Use as `async with Service(settings) as svc: await svc.run(stop)`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        store: Store | None = None,
+        rand: Callable[[], float] = random.random,
+        on_poll: Callable[[PollResult], None] | None = None,
+        on_sent: Callable[[Sent], None] | None = None,
+    ) -> None:
+        preflight(settings)
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.store = store or build_store(settings)
+        self._rand = rand
+        self._on_poll = on_poll
+        self._on_sent = on_sent
+        self._sessions: list[aiohttp.ClientSession] = []
+
+    async def __aenter__(self) -> Service:
+        await self.store.open()
+        up = self.settings.upstream
+        upstream_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8))
+        delivery_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.settings.delivery.max_in_flight)
+        )
+        self._sessions = [upstream_session, delivery_session]
+        self.client = MunsitClient(
+            upstream_session,
+            base_url=up.base_url,
+            api_key=up.api_key,
+            timeout_s=up.request_timeout_s,
+            sleep=self.clock.sleep,
+            now=self.clock.now,
+            rand=self._rand,
+        )
+        self.dispatcher = Dispatcher(
+            self.store,
+            delivery_session,
+            subscribers=self.settings.subscribers,
+            config=self.settings.delivery,
+            clock=self.clock,
+            rand=self._rand,
+            on_sent=self._on_sent,
+        )
+        self.poller = Poller(
+            self.client,
+            self.store,
+            upstream=up,
+            subscribers=self.settings.subscribers,
+            clock=self.clock,
+            on_poll=self._polled,
+        )
+        return self
+
+    def _polled(self, result: PollResult) -> None:
+        if result.deliveries:
+            self.dispatcher.wake()
+        if self._on_poll is not None:
+            self._on_poll(result)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll and deliver until `stop` is set; in-flight deliveries get `timeout_s` to end."""
+        await asyncio.gather(self.poller.run(stop), self.dispatcher.run(stop))
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for session in self._sessions:
+            await session.close()
+        await self.store.close()

@@ -1,0 +1,89 @@
+"""The store port: everything the service keeps between runs, behind one `Protocol`.
+
+Adapters (SQLite now) implement it; nothing above this line knows which database is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bridge.models import Attempt, Delivery, DeliveryState, DeliveryView, Event, RecordState
+
+
+@dataclass(frozen=True, slots=True)
+class ScanCommit:
+    """Everything one completed scan changes, written in a single transaction."""
+
+    states: Sequence[RecordState]
+    events: Sequence[tuple[Event, Sequence[str]]]  # each event with the subscriber ids it goes to
+    now: float
+    baseline: bool = False
+    removed: Sequence[str] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptOutcome:
+    """Where a delivery stands after an attempt: delivered, failed for good, or due again."""
+
+    state: DeliveryState
+    next_attempt_at: float | None = None
+
+
+class Store(Protocol):
+    """Durable state: record states, events, the delivery outbox and attempt history."""
+
+    async def open(self) -> None:
+        """Connect and create or migrate the schema."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise `StoreError` unless the store answers."""
+        ...
+
+    async def baseline_done(self) -> bool:
+        """Whether a first complete scan has been committed."""
+        ...
+
+    async def known_states(self, record_ids: Sequence[str]) -> dict[str, RecordState]:
+        """The remembered state of those of `record_ids` the store knows."""
+        ...
+
+    async def tracked_pending(self) -> list[RecordState]:
+        """Known records whose last status was not terminal, newest first."""
+        ...
+
+    async def commit_scan(self, commit: ScanCommit) -> int:
+        """Apply a scan atomically; returns the number of deliveries created."""
+        ...
+
+    async def claim_due(
+        self, *, now: float, limit: int, lease_s: float, subscribers: Sequence[str]
+    ) -> list[Delivery]:
+        """Lease up to `limit` due pending deliveries of `subscribers` until `now + lease_s`."""
+        ...
+
+    async def finish_attempt(
+        self, delivery: Delivery, attempt: Attempt, outcome: AttemptOutcome
+    ) -> bool:
+        """Record an attempt and release the lease; False if the lease was lost meanwhile."""
+        ...
+
+    async def next_due_at(self, subscribers: Sequence[str]) -> float | None:
+        """When the earliest pending delivery of `subscribers` becomes claimable, if any."""
+        ...
+
+    async def list_deliveries(
+        self,
+        *,
+        state: DeliveryState | None = None,
+        subscriber: str | None = None,
+        limit: int = 100,
+    ) -> list[DeliveryView]:
+        """Newest first, with their attempt history."""
+        ...
+
+    async def count_deliveries(self) -> dict[DeliveryState, int]: ...

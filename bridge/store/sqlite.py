@@ -1,0 +1,386 @@
+"""SQLite adapter of the store port: one WAL-mode file, one connection on one worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bridge.errors import StoreError
+from bridge.models import (
+    Attempt,
+    Delivery,
+    DeliveryState,
+    DeliveryView,
+    Event,
+    RecordState,
+)
+from bridge.store.base import AttemptOutcome, ScanCommit
+
+T = TypeVar("T")
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE records (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        seen_at REAL NOT NULL
+    );
+    CREATE INDEX records_open ON records (created_at) WHERE status NOT IN ('success', 'failed');
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,
+        record_id TEXT NOT NULL,
+        occurred_at REAL NOT NULL,
+        previous_status TEXT,
+        data TEXT NOT NULL
+    );
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_seq INTEGER NOT NULL REFERENCES events (seq),
+        subscriber_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL,
+        lease_until REAL,
+        lease_token TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (event_seq, subscriber_id)
+    );
+    CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 'pending';
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        delivery_id INTEGER NOT NULL REFERENCES deliveries (id),
+        attempted_at REAL NOT NULL,
+        status_code INTEGER,
+        latency_ms REAL NOT NULL,
+        error TEXT,
+        response_excerpt TEXT NOT NULL
+    );
+    CREATE INDEX attempts_delivery ON attempts (delivery_id);
+    """,
+)
+
+_CLAIMABLE = """
+    state = 'pending' AND next_attempt_at <= :now
+    AND (lease_until IS NULL OR lease_until <= :now)
+"""
+
+
+class SqliteStore:
+    """The `Store` port on a SQLite file. All SQL of the project lives here."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise StoreError(f"store {self.path} is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self.path}: {exc}") from exc
+
+    async def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` inside BEGIN IMMEDIATE … COMMIT, rolling back on any error."""
+
+        def wrapped(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        return await self._run(wrapped)
+
+    async def open(self) -> None:
+        def connect() -> sqlite3.Connection:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute("PRAGMA busy_timeout = 5000")
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if mode != "wal":
+                    raise sqlite3.OperationalError(f"cannot switch to WAL (journal mode {mode})")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute("PRAGMA foreign_keys = ON")
+                _migrate(conn)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+        loop = asyncio.get_running_loop()
+        try:
+            self._conn = await loop.run_in_executor(self._executor, connect)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        self._executor.shutdown(wait=True)
+
+    async def ping(self) -> None:
+        await self._run(lambda c: c.execute("SELECT 1").fetchone())
+
+    async def baseline_done(self) -> bool:
+        row = await self._run(
+            lambda c: c.execute("SELECT value FROM meta WHERE key = 'baseline_at'").fetchone()
+        )
+        return row is not None
+
+    async def known_states(self, record_ids: Sequence[str]) -> dict[str, RecordState]:
+        ids = list(dict.fromkeys(record_ids))
+
+        def query(conn: sqlite3.Connection) -> dict[str, RecordState]:
+            found: dict[str, RecordState] = {}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for rid, status, created in conn.execute(
+                    f"SELECT id, status, created_at FROM records WHERE id IN ({marks})", chunk
+                ):
+                    found[rid] = RecordState(rid, status, created)
+            return found
+
+        return await self._run(query)
+
+    async def tracked_pending(self) -> list[RecordState]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT id, status, created_at FROM records "
+                "WHERE status NOT IN ('success', 'failed') ORDER BY created_at DESC"
+            ).fetchall()
+        )
+        return [RecordState(*row) for row in rows]
+
+    async def commit_scan(self, commit: ScanCommit) -> int:
+        def write(conn: sqlite3.Connection) -> int:
+            conn.executemany(
+                "INSERT INTO records (id, status, created_at, seen_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET status = excluded.status, seen_at = excluded.seen_at",
+                [(s.id, s.status, s.created_at, commit.now) for s in commit.states],
+            )
+            if commit.removed:
+                conn.executemany(
+                    "DELETE FROM records WHERE id = ?", [(rid,) for rid in commit.removed]
+                )
+            created = 0
+            for event, subscribers in commit.events:
+                cur = conn.execute(
+                    "INSERT INTO events (id, type, record_id, occurred_at, previous_status, data) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    (
+                        event.id,
+                        event.type,
+                        event.record_id,
+                        event.occurred_at,
+                        event.previous_status,
+                        json.dumps(event.data, separators=(",", ":")),
+                    ),
+                )
+                if cur.rowcount == 0:
+                    continue  # the same event id was recorded before: never deliver it twice
+                seq = cur.lastrowid
+                for sub in subscribers:
+                    conn.execute(
+                        "INSERT INTO deliveries (event_seq, subscriber_id, state, next_attempt_at,"
+                        " created_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?)",
+                        (seq, sub, commit.now, commit.now, commit.now),
+                    )
+                    created += 1
+            if commit.baseline:
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('baseline_at', ?) "
+                    "ON CONFLICT (key) DO NOTHING",
+                    (str(commit.now),),
+                )
+            return created
+
+        return await self._tx(write)
+
+    async def claim_due(
+        self, *, now: float, limit: int, lease_s: float, subscribers: Sequence[str]
+    ) -> list[Delivery]:
+        subs = list(subscribers)
+        if not subs or limit <= 0:
+            return []
+        token = uuid.uuid4().hex
+
+        def claim(conn: sqlite3.Connection) -> list[Delivery]:
+            marks = ",".join("?" * len(subs))
+            rows = conn.execute(
+                "SELECT d.id, d.subscriber_id, d.attempts, e.id, e.type, e.record_id,"
+                " e.occurred_at, e.previous_status, e.data FROM deliveries d"
+                " JOIN events e ON e.seq = d.event_seq"
+                f" WHERE {_CLAIMABLE.replace(':now', '?')} AND d.subscriber_id IN ({marks})"
+                " ORDER BY d.next_attempt_at, d.id LIMIT ?",
+                [now, now, *subs, limit],
+            ).fetchall()
+            conn.executemany(
+                "UPDATE deliveries SET lease_until = ?, lease_token = ? WHERE id = ?",
+                [(now + lease_s, token, row[0]) for row in rows],
+            )
+            return [
+                Delivery(
+                    id=row[0],
+                    subscriber_id=row[1],
+                    attempts=row[2],
+                    lease_token=token,
+                    event=Event(
+                        id=row[3],
+                        type=row[4],
+                        record_id=row[5],
+                        occurred_at=row[6],
+                        previous_status=row[7],
+                        data=json.loads(row[8]),
+                    ),
+                )
+                for row in rows
+            ]
+
+        return await self._tx(claim)
+
+    async def finish_attempt(
+        self, delivery: Delivery, attempt: Attempt, outcome: AttemptOutcome
+    ) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
+                " lease_until = NULL, lease_token = NULL, updated_at = ?"
+                " WHERE id = ? AND lease_token = ?",
+                (
+                    outcome.state.value,
+                    outcome.next_attempt_at,
+                    attempt.attempted_at,
+                    delivery.id,
+                    delivery.lease_token,
+                ),
+            )
+            if cur.rowcount == 0:
+                return False
+            conn.execute(
+                "INSERT INTO attempts (delivery_id, attempted_at, status_code, latency_ms, error,"
+                " response_excerpt) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    delivery.id,
+                    attempt.attempted_at,
+                    attempt.status_code,
+                    attempt.latency_ms,
+                    attempt.error,
+                    attempt.response_excerpt,
+                ),
+            )
+            return True
+
+        return await self._tx(write)
+
+    async def next_due_at(self, subscribers: Sequence[str]) -> float | None:
+        subs = list(subscribers)
+        if not subs:
+            return None
+        marks = ",".join("?" * len(subs))
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT MIN(MAX(next_attempt_at, COALESCE(lease_until, 0))) FROM deliveries"
+                f" WHERE state = 'pending' AND subscriber_id IN ({marks})",
+                subs,
+            ).fetchone()
+        )
+        value = row[0]
+        return float(value) if value is not None else None
+
+    async def list_deliveries(
+        self,
+        *,
+        state: DeliveryState | None = None,
+        subscriber: str | None = None,
+        limit: int = 100,
+    ) -> list[DeliveryView]:
+        def query(conn: sqlite3.Connection) -> list[DeliveryView]:
+            where, params = [], []
+            if state is not None:
+                where.append("d.state = ?")
+                params.append(state.value)
+            if subscriber is not None:
+                where.append("d.subscriber_id = ?")
+                params.append(subscriber)
+            clause = f"WHERE {' AND '.join(where)}" if where else ""
+            rows = conn.execute(
+                "SELECT d.id, e.id, e.type, d.subscriber_id, d.state, d.attempts,"
+                " d.next_attempt_at FROM deliveries d JOIN events e ON e.seq = d.event_seq"
+                f" {clause} ORDER BY d.id DESC LIMIT ?",
+                [*params, limit],
+            ).fetchall()
+            return [_view(conn, row) for row in rows]
+
+        return await self._run(query)
+
+    async def count_deliveries(self) -> dict[DeliveryState, int]:
+        rows = await self._run(
+            lambda c: c.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall()
+        )
+        counts = dict.fromkeys(DeliveryState, 0)
+        counts.update({DeliveryState(state): n for state, n in rows})
+        return counts
+
+
+def _view(conn: sqlite3.Connection, row: Sequence[Any]) -> DeliveryView:
+    history = tuple(
+        Attempt(*a)
+        for a in conn.execute(
+            "SELECT attempted_at, status_code, latency_ms, error, response_excerpt"
+            " FROM attempts WHERE delivery_id = ? ORDER BY id",
+            (row[0],),
+        )
+    )
+    state = DeliveryState(row[4])
+    return DeliveryView(
+        id=row[0],
+        event_id=row[1],
+        event_type=row[2],
+        subscriber_id=row[3],
+        state=state,
+        attempts=row[5],
+        next_attempt_at=row[6] if state is DeliveryState.PENDING else None,
+        history=history,
+    )
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema to the newest version, each step in its own transaction."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise sqlite3.DatabaseError(
+            f"schema version {version} is newer than this bridge knows ({len(MIGRATIONS)})"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        statements = [s for s in script.split(";") if s.strip()]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+

@@ -1,0 +1,34 @@
+"""Shared fixtures: a clean environment, a fake clock, secrets."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from bridge.clock import FakeClock
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test sees the developer's BRIDGE_* or MUNSIT_API_KEY variables."""
+    for name in list(os.environ):
+        if name.startswith("BRIDGE_") or name == "MUNSIT_API_KEY":
+            monkeypatch.delenv(name)
+    yield
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def make_secret(seed: int = 1, size: int = 32) -> str:
+    return "whsec_" + base64.b64encode(bytes([seed]) * size).decode()
+
+
+@pytest.fixture
+def secret() -> str:
+    return make_secret()

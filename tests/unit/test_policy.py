@@ -1,0 +1,43 @@
+"""Retry policy: success classification, the schedule, jitter bounds, dead-lettering."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.deliver.policy import decide, is_success, retry_delay_s
+from bridge.models import DeliveryState
+
+SCHEDULE = [5.0, 300.0, 1800.0]
+
+
+@pytest.mark.parametrize(
+    ("code", "ok"),
+    [(200, True), (201, True), (204, True), (299, True), (None, False), (199, False),
+     (301, False), (302, False), (400, False), (404, False), (500, False), (503, False)],
+)
+def test_success_is_2xx_only(code: int | None, ok: bool) -> None:
+    assert is_success(code) is ok
+
+
+@pytest.mark.parametrize(
+    ("attempts", "rand", "expected"),
+    [(1, 0.5, 5.0), (2, 0.5, 300.0), (3, 0.5, 1800.0), (1, 0.0, 4.0), (1, 1.0, 6.0),
+     (3, 0.0, 1440.0), (4, 0.5, None), (0, 0.5, None)],
+)
+def test_retry_delay_follows_schedule_with_jitter(
+    attempts: int, rand: float, expected: float | None
+) -> None:
+    assert retry_delay_s(attempts, SCHEDULE, 0.2, lambda: rand) == expected
+
+
+def test_decide_success_failure_and_dead_letter() -> None:
+    ok = decide(200, attempts_done=1, now=100.0, schedule_s=SCHEDULE, jitter=0.2)
+    assert ok.state is DeliveryState.DELIVERED and ok.next_attempt_at is None
+    retry = decide(500, attempts_done=1, now=100.0, schedule_s=SCHEDULE, jitter=0.0)
+    assert retry.state is DeliveryState.PENDING and retry.next_attempt_at == 105.0
+    timeout = decide(None, attempts_done=2, now=100.0, schedule_s=SCHEDULE, jitter=0.0)
+    assert timeout.next_attempt_at == 400.0
+    dead = decide(500, attempts_done=4, now=100.0, schedule_s=SCHEDULE, jitter=0.0)
+    assert dead.state is DeliveryState.FAILED and dead.next_attempt_at is None
+    redirect = decide(302, attempts_done=1, now=0.0, schedule_s=SCHEDULE, jitter=0.0)
+    assert redirect.state is DeliveryState.PENDING
