@@ -6,7 +6,7 @@ import asyncio
 import heapq
 import itertools
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Clock(Protocol):
@@ -66,6 +66,12 @@ class FakeClock:
         """How many sleeps are waiting (cancelled ones included until they are reached)."""
         return sum(1 for _, _, f in self._sleepers if not f.done())
 
+    def next_wakeup_in(self) -> float | None:
+        """Seconds until the earliest waiting sleeper is due, if any."""
+        while self._sleepers and self._sleepers[0][2].done():
+            heapq.heappop(self._sleepers)
+        return max(0.0, self._sleepers[0][0] - self._mono) if self._sleepers else None
+
     async def advance(self, delta_s: float) -> None:
         """Move time forward, waking every sleeper whose deadline is reached, in order."""
         target = self._mono + delta_s
@@ -86,7 +92,7 @@ class FakeClock:
 
 async def sleep_or_event(clock: Clock, delay_s: float | None, *events: asyncio.Event) -> None:
     """Wait `delay_s` of clock time (None: no timer) or until any of `events` is set."""
-    waiters = [asyncio.create_task(e.wait()) for e in events]
+    waiters: list[asyncio.Task[Any]] = [asyncio.create_task(e.wait()) for e in events]
     if delay_s is not None:
         waiters.append(asyncio.create_task(clock.sleep(delay_s)))
     if not waiters:

@@ -53,7 +53,7 @@ RESERVED_HEADERS = frozenset(
 )
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_file_data: ContextVar[dict[str, Any]] = ContextVar("bridge_config_file_data", default={})
+_file_data: ContextVar[dict[str, Any] | None] = ContextVar("bridge_config_file", default=None)
 
 Format = Literal["standard", "zapier", "slack", "discord", "teams"]
 
@@ -118,7 +118,9 @@ class StoreConfig(_Section):
     @classmethod
     def _url(cls, value: str) -> str:
         if not value.startswith("sqlite:///") or value == "sqlite:///":
-            raise ValueError(f"must be sqlite:///relative/path or sqlite:////absolute/path, got {value!r}")
+            raise ValueError(
+                f"must be sqlite:///relative/path or sqlite:////absolute/path, got {value!r}"
+            )
         return value
 
     def sqlite_path(self, cwd: Path | None = None) -> Path:
@@ -129,7 +131,8 @@ class StoreConfig(_Section):
 
 class DeliveryConfig(_Section):
     retry_schedule_s: list[float] = Field(
-        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000], max_length=50
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        max_length=50,
     )
     jitter: float = Field(0.2, ge=0, lt=1)
     timeout_s: float = Field(15.0, gt=0)
@@ -181,7 +184,8 @@ class SubscriberConfig(_Section):
     def _id(cls, value: str) -> str:
         if not _SLUG.match(value):
             raise ValueError(
-                f"must be a slug (lower-case letters, digits, '-' or '_', at most 64), got {value!r}"
+                "must be a slug (lower-case letters, digits, '-' or '_', at most 64), "
+                f"got {value!r}"
             )
         return value
 
@@ -246,11 +250,11 @@ class Settings(BaseSettings):
         case_sensitive=False,
     )
 
-    upstream: UpstreamConfig = Field(default_factory=dict, validate_default=True)  # type: ignore[arg-type]
-    store: StoreConfig = Field(default_factory=StoreConfig)
-    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
-    admin: AdminConfig = Field(default_factory=AdminConfig)
-    log: LogConfig = Field(default_factory=LogConfig)
+    upstream: UpstreamConfig = Field(default_factory=dict, validate_default=True)
+    store: StoreConfig = StoreConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    admin: AdminConfig = AdminConfig()
+    log: LogConfig = LogConfig()
     subscribers: list[SubscriberConfig] = Field(default_factory=list)
 
     @field_validator("subscribers")
@@ -278,7 +282,7 @@ class Settings(BaseSettings):
             init_settings,
             env_settings,
             InitSettingsSource(settings_cls, munsit),
-            InitSettingsSource(settings_cls, _file_data.get()),
+            InitSettingsSource(settings_cls, _file_data.get() or {}),
         )
 
     def subscriber(self, subscriber_id: str) -> SubscriberConfig | None:

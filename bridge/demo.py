@@ -89,21 +89,28 @@ async def _start(app: web.Application) -> tuple[web.AppRunner, str]:
 
 
 def demo_settings(upstream_url: str, receiver_url: str, secret: str, db: Path) -> Settings:
-    return Settings(
-        upstream={
-            "base_url": upstream_url,
-            "api_key": API_KEY,
-            "page_size": 3,
-            "poll_interval_s": 0.5,
-            "request_timeout_s": 5,
-        },
-        store={"url": f"sqlite:///{db}"},
-        delivery={"retry_schedule_s": [1, 2, 4], "allow_private_destinations": True},
-        admin={"enabled": False},
-        log={"level": "error", "format": "console"},
-        subscribers=[
-            {"id": "demo-receiver", "url": receiver_url, "secret": secret, "events": ["denoise.*"]}
-        ],
+    return Settings.model_validate(
+        {
+            "upstream": {
+                "base_url": upstream_url,
+                "api_key": API_KEY,
+                "page_size": 3,
+                "poll_interval_s": 0.5,
+                "request_timeout_s": 5,
+            },
+            "store": {"url": f"sqlite:///{db}"},
+            "delivery": {"retry_schedule_s": [1, 2, 4], "allow_private_destinations": True},
+            "admin": {"enabled": False},
+            "log": {"level": "error", "format": "console"},
+            "subscribers": [
+                {
+                    "id": "demo-receiver",
+                    "url": receiver_url,
+                    "secret": secret,
+                    "events": ["denoise.*"],
+                }
+            ],
+        }
     )
 
 
@@ -122,8 +129,11 @@ async def run_demo(out: TextIO = sys.stdout, timeout_s: float = TIMEOUT_S) -> in
     say(f"Munsit simulator on {sim_url} with 4 finished jobs already in the account")
     say(f"receiver on {recv_url}/hooks verifying every signature")
 
+    baseline_seen = asyncio.Event()
+
     def polled(result: PollResult) -> None:
         if result.baseline:
+            baseline_seen.set()
             say(f"  bridge     baseline: {result.records_seen} existing records, no events")
         for event in result.events:
             say(f"  bridge     detected {event.type:<18} {event.data.get('file_name')}")
@@ -142,13 +152,15 @@ async def run_demo(out: TextIO = sys.stdout, timeout_s: float = TIMEOUT_S) -> in
         try:
             async with Service(settings, on_poll=polled, on_sent=sent) as service:
                 runner = asyncio.create_task(service.run(stop))
-                while not await service.store.baseline_done():
-                    await asyncio.sleep(0.1)
+                await baseline_seen.wait()
                 async with aiohttp.ClientSession() as http:
                     for name, content in JOBS:
                         job_id = await _submit(http, sim_url, name, content)
                         fails = name == JOBS[-1][0]
-                        expected |= {(job_id, CREATED), (job_id, FAILED_EVENT if fails else COMPLETED)}
+                        expected |= {
+                            (job_id, CREATED),
+                            (job_id, FAILED_EVENT if fails else COMPLETED),
+                        }
                         say(f"submitted  {name:<24} job {job_id}")
                 ok = await _wait(lambda: expected <= set(receiver.verified), timeout_s)
                 stop.set()

@@ -55,7 +55,9 @@ class Record:
     def from_json(cls, obj: object, *, where: str = "record") -> Record:
         """Validate the few fields the bridge relies on; keep the rest untouched."""
         if not isinstance(obj, dict):
-            raise UpstreamProtocolError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            raise UpstreamProtocolError(
+                f"{where}: expected a JSON object, got {type(obj).__name__}"
+            )
         rid, status, created = obj.get("id"), obj.get("status"), obj.get("created_at")
         if not isinstance(rid, str) or not rid:
             raise UpstreamProtocolError(f"{where}: field 'id' is missing or not a string")

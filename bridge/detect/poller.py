@@ -101,4 +101,3 @@ class Poller:
                 self.last_error = str(exc)
                 log.warning("poll failed, will try again", error=str(exc))
             await sleep_or_event(self._clock, self._upstream.poll_interval_s, stop)
-

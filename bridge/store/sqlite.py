@@ -176,7 +176,8 @@ class SqliteStore:
         def write(conn: sqlite3.Connection) -> int:
             conn.executemany(
                 "INSERT INTO records (id, status, created_at, seen_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET status = excluded.status, seen_at = excluded.seen_at",
+                "ON CONFLICT (id) DO UPDATE SET status = excluded.status,"
+                " seen_at = excluded.seen_at",
                 [(s.id, s.status, s.created_at, commit.now) for s in commit.states],
             )
             if commit.removed:
@@ -383,4 +384,3 @@ def _migrate(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-

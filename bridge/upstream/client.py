@@ -99,7 +99,7 @@ class MunsitClient:
         backoff = backoff / 2 + self._rand() * backoff / 2
         exc = state.outcome.exception() if state.outcome else None
         retry_after = exc.retry_after_s if isinstance(exc, UpstreamError) else None
-        return max(backoff, retry_after or 0.0)
+        return float(max(backoff, retry_after or 0.0))
 
     def _stop(self, state: RetryCallState) -> bool:
         if state.attempt_number >= self._max_attempts:
@@ -134,7 +134,9 @@ class MunsitClient:
                 status = resp.status
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"), now=self._now())
         except TimeoutError as exc:
-            raise UpstreamUnavailable(f"GET /denoise timed out after {self._timeout.total} s") from exc
+            raise UpstreamUnavailable(
+                f"GET /denoise timed out after {self._timeout.total} s"
+            ) from exc
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(f"GET /denoise failed: {_describe(exc)}") from exc
         except asyncio.CancelledError:
@@ -185,7 +187,10 @@ def _parse_list(status: int, body: bytes, retry_after: float | None, offset: int
             "array of records",
             status=status,
         )
-    records = [Record.from_json(item, where=f"record at offset {offset + i}") for i, item in enumerate(data)]
+    records = [
+        Record.from_json(item, where=f"record at offset {offset + i}")
+        for i, item in enumerate(data)
+    ]
     for record in records:
         if record.status not in KNOWN_STATUSES:
             log.warning(

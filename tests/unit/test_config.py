@@ -33,7 +33,10 @@ def test_defaults_match_the_contract(tmp_path: Path) -> None:
     s = load_settings(write(tmp_path, BASE + sub()))
     assert s.upstream.base_url == "https://api.munsit.com/api/v1"
     assert (s.upstream.page_size, s.upstream.poll_interval_s, s.upstream.idle_poll_interval_s) == (
-        50, 5.0, 30.0)
+        50,
+        5.0,
+        30.0,
+    )
     assert s.upstream.request_timeout_s == 15.0
     assert s.upstream.progress_stream is True and s.upstream.max_progress_streams == 50
     assert s.upstream.full_scan_interval_s == 86400.0 and s.upstream.backfill is False
@@ -43,18 +46,26 @@ def test_defaults_match_the_contract(tmp_path: Path) -> None:
     assert s.delivery.disable_after_s == 432000.0
     assert s.delivery.allow_private_destinations is False
     assert (s.admin.enabled, s.admin.host, s.admin.port, s.admin.token) == (
-        True, "127.0.0.1", 8080, None)
+        True,
+        "127.0.0.1",
+        8080,
+        None,
+    )
     assert (s.log.level, s.log.format) == ("info", "auto")
     [ops] = s.subscribers
     assert ops.events == ["denoise.completed", "denoise.failed"]
     assert (ops.format, ops.max_concurrency, ops.rate_limit_per_s, ops.enabled) == (
-        "standard", 4, None, True)
+        "standard",
+        4,
+        None,
+        True,
+    )
 
 
 def test_env_overrides_file_and_munsit_api_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = write(tmp_path, '[upstream]\npage_size = 10\n')
+    path = write(tmp_path, "[upstream]\npage_size = 10\n")
     monkeypatch.setenv("MUNSIT_API_KEY", "from-env")
     monkeypatch.setenv("BRIDGE_UPSTREAM__POLL_INTERVAL_S", "2")
     monkeypatch.setenv("BRIDGE_DELIVERY__RETRY_SCHEDULE_S", "[1, 2]")
@@ -170,3 +181,22 @@ def test_check_reports_an_unusable_store(
     path = write(tmp_path, BASE + f'[store]\nurl = "sqlite:///{blocker}/sub/b.db"\n')
     assert main(["check", "--config", str(path)]) == 1
     assert "cannot open store" in capsys.readouterr().err
+
+
+def test_example_config_is_valid_and_documents_every_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bridge.config import Settings
+
+    example = Path(__file__).parents[2] / "config" / "bridge.example.toml"
+    monkeypatch.setenv("MUNSIT_API_KEY", "k")
+    settings = load_settings(example)
+    assert settings.subscribers[0].id == "my-backend"
+    text = example.read_text()
+    for section in Settings.model_fields:
+        assert f"[{section}]" in text or f"[[{section}]]" in text, section
+        sub_model = (
+            settings.subscribers[0] if section == "subscribers" else getattr(settings, section)
+        )
+        for key in type(sub_model).model_fields:
+            assert f"\n{key} = " in text or f"\n# {key} = " in text, f"{section}.{key}"

@@ -56,8 +56,11 @@ def test_unchanged_known_record_is_no_change(status: str) -> None:
 
 
 def test_changes_come_oldest_record_first() -> None:
-    rows = [rec("new", "success", "2026-01-03"), rec("mid", "pending", "2026-01-02"),
-            rec("old", "success", "2026-01-01")]
+    rows = [
+        rec("new", "success", "2026-01-03"),
+        rec("mid", "pending", "2026-01-02"),
+        rec("old", "success", "2026-01-01"),
+    ]
     prev = {"old": state("old", "pending")}
     changes = diff(prev, rows, announce_new=True)
     assert [c.record.id for c in changes] == ["old", "mid", "new"]

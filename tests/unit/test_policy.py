@@ -12,8 +12,20 @@ SCHEDULE = [5.0, 300.0, 1800.0]
 
 @pytest.mark.parametrize(
     ("code", "ok"),
-    [(200, True), (201, True), (204, True), (299, True), (None, False), (199, False),
-     (301, False), (302, False), (400, False), (404, False), (500, False), (503, False)],
+    [
+        (200, True),
+        (201, True),
+        (204, True),
+        (299, True),
+        (None, False),
+        (199, False),
+        (301, False),
+        (302, False),
+        (400, False),
+        (404, False),
+        (500, False),
+        (503, False),
+    ],
 )
 def test_success_is_2xx_only(code: int | None, ok: bool) -> None:
     assert is_success(code) is ok
@@ -21,8 +33,16 @@ def test_success_is_2xx_only(code: int | None, ok: bool) -> None:
 
 @pytest.mark.parametrize(
     ("attempts", "rand", "expected"),
-    [(1, 0.5, 5.0), (2, 0.5, 300.0), (3, 0.5, 1800.0), (1, 0.0, 4.0), (1, 1.0, 6.0),
-     (3, 0.0, 1440.0), (4, 0.5, None), (0, 0.5, None)],
+    [
+        (1, 0.5, 5.0),
+        (2, 0.5, 300.0),
+        (3, 0.5, 1800.0),
+        (1, 0.0, 4.0),
+        (1, 1.0, 6.0),
+        (3, 0.0, 1440.0),
+        (4, 0.5, None),
+        (0, 0.5, None),
+    ],
 )
 def test_retry_delay_follows_schedule_with_jitter(
     attempts: int, rand: float, expected: float | None

@@ -1,0 +1,93 @@
+"""Test doubles that are real servers: a recording webhook receiver, and settings builders."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from bridge.clock import FakeClock
+from bridge.config import Settings
+
+T = TypeVar("T")
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: str
+
+
+@dataclass
+class RecordingReceiver:
+    """Records every request; answers with scripted status codes, then `default_status`."""
+
+    script: list[int] = field(default_factory=list)
+    default_status: int = 200
+    requests: list[Received] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests.append(Received(dict(request.headers), await request.text()))
+        status = self.script.pop(0) if self.script else self.default_status
+        return web.Response(status=status, text="ok" if status < 300 else "nope")
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        return app
+
+
+def settings_for(
+    upstream_url: str,
+    receiver_url: str,
+    secret: str,
+    db: Path,
+    *,
+    events: list[str] | None = None,
+    upstream: dict[str, Any] | None = None,
+    delivery: dict[str, Any] | None = None,
+    subscriber: dict[str, Any] | None = None,
+) -> Settings:
+    return Settings.model_validate(
+        {
+            "upstream": {
+                "base_url": upstream_url,
+                "api_key": "test-key",
+                "page_size": 5,
+                **(upstream or {}),
+            },
+            "store": {"url": f"sqlite:///{db}"},
+            "delivery": {"allow_private_destinations": True, **(delivery or {})},
+            "admin": {"enabled": False},
+            "subscribers": [
+                {
+                    "id": "rx",
+                    "url": receiver_url,
+                    "secret": secret,
+                    "events": events or ["denoise.completed", "denoise.failed"],
+                    **(subscriber or {}),
+                }
+            ],
+        }
+    )
+
+
+async def drive(
+    clock: FakeClock, work: Coroutine[Any, Any, T] | Awaitable[T], max_steps: int = 10_000
+) -> T:
+    """Run `work` to completion; whenever it waits on the fake clock, jump to the wake-up."""
+    task = asyncio.ensure_future(work)
+    for _ in range(max_steps):
+        wakeup = clock.next_wakeup_in()
+        if wakeup is not None:
+            await clock.advance(wakeup)
+        else:
+            await asyncio.wait({task}, timeout=0.01)  # real I/O in progress
+        if task.done():
+            return task.result()
+    task.cancel()
+    raise AssertionError("work did not finish")

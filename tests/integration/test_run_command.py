@@ -1,0 +1,113 @@
+"""`munsit-bridge run` as a real process, and `munsit-bridge demo` in process."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestServer
+from bridge.upstream.simulator import Simulator
+from standardwebhooks.webhooks import Webhook
+
+from bridge.clock import SystemClock
+from bridge.demo import run_demo
+from bridge.models import event_id
+from tests.integration.helpers import RecordingReceiver
+
+ServerFactory = Callable[..., Any]
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float) -> bool:
+    """Wait for something a separate process does (real time is the only clock it shares)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition() and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    return condition()
+
+
+async def test_run_delivers_and_stops_cleanly_on_sigterm(
+    aiohttp_server: ServerFactory, tmp_path: Path, secret: str
+) -> None:
+    sim = Simulator(api_key="proc-key", clock=SystemClock(), processing_s=0.5)
+    sim.add_records(3, status="success")
+    receiver = RecordingReceiver()
+    sim_server: TestServer = await aiohttp_server(sim.make_app())
+    rx_server: TestServer = await aiohttp_server(receiver.app())
+    config = tmp_path / "bridge.toml"
+    config.write_text(
+        f"""
+[upstream]
+base_url = "{str(sim_server.make_url("")).rstrip("/")}"
+poll_interval_s = 0.1
+[store]
+url = "sqlite:///{tmp_path / "state.db"}"
+[delivery]
+allow_private_destinations = true
+[admin]
+enabled = false
+[log]
+format = "json"
+[[subscribers]]
+id = "rx"
+url = "{rx_server.make_url("/hook")}"
+secret = "{secret}"
+"""
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        "run",
+        "--config",
+        str(config),
+        env={"MUNSIT_API_KEY": "proc-key", "PATH": "/usr/bin:/bin"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert await _until(lambda: sim.list_requests >= 2, 30)  # baseline done
+        [job] = sim.add_records(1, status="pending")
+        assert await _until(lambda: len(receiver.requests) >= 1, 30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    [req] = receiver.requests
+    body = Webhook(secret).verify(req.body, req.headers)
+    assert body["id"] == event_id(job["id"], "denoise.completed")
+    lines = out.decode().splitlines()
+    assert any('"event": "delivered"' in line and '"subscriber": "rx"' in line for line in lines)
+    assert "proc-key" not in out.decode() + err.decode()
+    assert secret not in out.decode() + err.decode()
+
+
+async def test_run_with_bad_config_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "bridge.toml"
+    config.write_text("[upstream]\napi_key = 'k'\npoll_interval_s = -1\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        "run",
+        "--config",
+        str(config),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert "upstream.poll_interval_s" in err.decode()
+
+
+async def test_demo_passes() -> None:
+    out = io.StringIO()
+    assert await run_demo(out=out, timeout_s=60) == 0, out.getvalue()
+    text = out.getvalue()
+    assert "baseline: 4 existing records, no events" in text
+    assert text.count("signature verified") == 10
+    assert "answers 503" in text and "demo passed" in text

@@ -1,0 +1,155 @@
+"""The SQLite store on a real file: schema, atomic scans, claims and leases, durability."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bridge.errors import StoreError
+from bridge.models import Attempt, DeliveryState, Event, RecordState
+from bridge.store.base import AttemptOutcome, ScanCommit
+from bridge.store.sqlite import MIGRATIONS, SqliteStore
+
+
+def event(n: int, rid: str = "r1", type_: str = "denoise.completed") -> Event:
+    return Event(f"evt_{n}", type_, rid, 100.0 + n, "pending", {"id": rid, "n": n})
+
+
+def attempt(at: float, code: int | None = 500) -> Attempt:
+    return Attempt(at, code, 12.5, None if code == 200 else "HTTP 500", "busy")
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "b.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def test_schema_is_versioned_and_wal(tmp_path: Path, store: SqliteStore) -> None:
+    conn = sqlite3.connect(tmp_path / "b.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+async def test_reopen_keeps_everything_and_does_not_remigrate(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "b.db")
+    await s.open()
+    await s.commit_scan(
+        ScanCommit([RecordState("r1", "pending", "t")], [(event(1), ["a"])], now=5.0, baseline=True)
+    )
+    await s.close()
+    s = SqliteStore(tmp_path / "b.db")
+    await s.open()
+    assert await s.baseline_done()
+    assert await s.tracked_pending() == [RecordState("r1", "pending", "t")]
+    assert (await s.count_deliveries())[DeliveryState.PENDING] == 1
+    await s.close()
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "b.db")
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(StoreError, match="schema version 99 is newer"):
+        await SqliteStore(tmp_path / "b.db").open()
+
+
+async def test_not_a_database_is_a_clear_error_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="cannot open store"):
+        await SqliteStore(path).open()
+    assert path.read_bytes() == b"this is not sqlite" * 100
+
+
+async def test_failed_commit_changes_nothing(store: SqliteStore) -> None:
+    bad = Event("evt_bad", "denoise.completed", "r2", 1.0, None, {"x": {1, 2}})  # not JSON
+    commit = ScanCommit(
+        [RecordState("r1", "success", "t"), RecordState("r2", "success", "t")],
+        [(event(1), ["a"]), (bad, ["a"])],
+        now=1.0,
+        baseline=True,
+    )
+    with pytest.raises(TypeError):
+        await store.commit_scan(commit)
+    assert not await store.baseline_done()
+    assert await store.known_states(["r1", "r2"]) == {}
+    assert sum((await store.count_deliveries()).values()) == 0
+
+
+async def test_same_event_id_is_never_enqueued_twice(store: SqliteStore) -> None:
+    assert await store.commit_scan(ScanCommit([], [(event(1), ["a", "b"])], now=1.0)) == 2
+    assert await store.commit_scan(ScanCommit([], [(event(1), ["a", "b"])], now=2.0)) == 0
+    assert (await store.count_deliveries())[DeliveryState.PENDING] == 2
+
+
+async def test_claim_leases_and_second_claim_gets_nothing(store: SqliteStore) -> None:
+    await store.commit_scan(ScanCommit([], [(event(1), ["a"]), (event(2), ["b"])], now=10.0))
+    first = await store.claim_due(now=10.0, limit=10, lease_s=60, subscribers=["a", "b"])
+    assert sorted(d.subscriber_id for d in first) == ["a", "b"]
+    assert await store.claim_due(now=20.0, limit=10, lease_s=60, subscribers=["a", "b"]) == []
+    assert await store.next_due_at(["a", "b"]) == 70.0
+    # the lease expires (a crashed worker): the delivery is claimable again
+    again = await store.claim_due(now=71.0, limit=10, lease_s=60, subscribers=["a"])
+    assert [d.event.id for d in again] == ["evt_1"]
+    # the first worker's late result is refused; the new holder's is kept
+    stale = next(d for d in first if d.subscriber_id == "a")
+    assert not await store.finish_attempt(
+        stale, attempt(72.0), AttemptOutcome(DeliveryState.DELIVERED)
+    )
+    assert await store.finish_attempt(
+        again[0], attempt(72.0, 200), AttemptOutcome(DeliveryState.DELIVERED)
+    )
+
+
+async def test_claim_respects_due_time_limit_and_subscribers(store: SqliteStore) -> None:
+    await store.commit_scan(ScanCommit([], [(event(n), ["a"]) for n in range(5)], now=10.0))
+    await store.commit_scan(ScanCommit([], [(event(9), ["off"])], now=10.0))
+    assert await store.claim_due(now=9.0, limit=10, lease_s=1, subscribers=["a"]) == []
+    got = await store.claim_due(now=10.0, limit=3, lease_s=1, subscribers=["a"])
+    assert [d.event.id for d in got] == ["evt_0", "evt_1", "evt_2"]
+    assert await store.claim_due(now=10.0, limit=10, lease_s=1, subscribers=[]) == []
+
+
+async def test_attempts_are_recorded_and_retry_time_respected(store: SqliteStore) -> None:
+    await store.commit_scan(ScanCommit([], [(event(1), ["a"])], now=10.0))
+    [d] = await store.claim_due(now=10.0, limit=1, lease_s=60, subscribers=["a"])
+    assert await store.finish_attempt(d, attempt(10.0), AttemptOutcome(DeliveryState.PENDING, 15.0))
+    assert await store.claim_due(now=14.9, limit=1, lease_s=60, subscribers=["a"]) == []
+    [d2] = await store.claim_due(now=15.0, limit=1, lease_s=60, subscribers=["a"])
+    assert d2.attempts == 1 and d2.event == d.event
+    await store.finish_attempt(d2, attempt(15.0, 200), AttemptOutcome(DeliveryState.DELIVERED))
+    [view] = await store.list_deliveries(subscriber="a")
+    assert view.state is DeliveryState.DELIVERED and view.attempts == 2
+    assert [a.status_code for a in view.history] == [500, 200]
+    assert view.history[0].response_excerpt == "busy"
+    assert await store.list_deliveries(state=DeliveryState.FAILED) == []
+    assert await store.next_due_at(["a"]) is None
+
+
+async def test_pending_records_are_tracked_newest_first_and_removed(store: SqliteStore) -> None:
+    states = [
+        RecordState("a", "pending", "2026-01-01"),
+        RecordState("b", "pending", "2026-01-02"),
+        RecordState("c", "success", "2026-01-03"),
+        RecordState("d", "weird", "2026-01-04"),
+    ]
+    await store.commit_scan(ScanCommit(states, [], now=1.0, baseline=True))
+    assert [s.id for s in await store.tracked_pending()] == ["d", "b", "a"]
+    await store.commit_scan(
+        ScanCommit([RecordState("a", "success", "2026-01-01")], [], now=2.0, removed=["b"])
+    )
+    assert [s.id for s in await store.tracked_pending()] == ["d"]
+    assert set(await store.known_states(["a", "b", "c", "zz"])) == {"a", "c"}
+
+
+async def test_using_a_closed_store_is_a_store_error(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "b.db")
+    with pytest.raises(StoreError, match="not open"):
+        await s.ping()
