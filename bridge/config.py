@@ -69,6 +69,15 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def check_secret(value: str) -> str:
     """A Standard Webhooks secret: `whsec_` + base64 of 24 to 64 bytes."""
     if not value.startswith("whsec_"):
@@ -287,15 +296,6 @@ class Settings(BaseSettings):
 
     def subscriber(self, subscriber_id: str) -> SubscriberConfig | None:
         return next((s for s in self.subscribers if s.id == subscriber_id), None)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def resolve_path(explicit: str | None) -> Path:

@@ -102,7 +102,9 @@ class Service:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll and deliver until `stop` is set; in-flight deliveries get `timeout_s` to end."""
-        await asyncio.gather(self.poller.run(stop), self.dispatcher.run(stop))
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.poller.run(stop))
+            group.create_task(self.dispatcher.run(stop))
 
     async def __aexit__(
         self,

@@ -16,6 +16,7 @@ from bridge.config import DeliveryConfig, SubscriberConfig
 from bridge.deliver import policy
 from bridge.deliver.formats import render
 from bridge.deliver.signing import USER_AGENT, Signer
+from bridge.errors import StoreError
 from bridge.models import Attempt, Delivery, DeliveryState
 from bridge.store.base import Store
 
@@ -23,6 +24,7 @@ log = structlog.get_logger("bridge.deliver")
 
 EXCERPT_BYTES = 4096
 IDLE_WAIT_S = 60.0
+STORE_RETRY_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,20 +85,31 @@ class Dispatcher:
         try:
             while not stop.is_set():
                 self._wake.clear()
-                free = self._config.max_in_flight - len(self._inflight)
-                delay_s: float | None = None  # all slots busy: wait for one to free up
-                if free > 0:
-                    claimed = await self._claim(free)
-                    for delivery in claimed:
-                        task = asyncio.create_task(self._deliver(delivery))
-                        self._inflight.add(task)
-                        task.add_done_callback(self._task_done)
-                    if len(claimed) == free:
-                        continue  # there may be more due
-                    delay_s = await self._idle_delay()
-                await self._wait_for(stop, delay_s)
+                try:
+                    delay_s = await self._fill()
+                except StoreError as exc:
+                    log.error("cannot claim deliveries, will try again", error=str(exc))
+                    delay_s = STORE_RETRY_S
+                if delay_s != 0.0:
+                    await self._wait_for(stop, delay_s)
         finally:
             await self._finish_inflight()
+
+    async def _fill(self) -> float | None:
+        """Start due deliveries in the free slots; return how long to wait before looking
+        again (0: look again now, None: until a slot frees up or something wakes us)."""
+        free = self._config.max_in_flight - len(self._inflight)
+        if free <= 0:
+            return None
+        claimed = await self._claim(free)
+        for delivery in claimed:
+            task = asyncio.create_task(self._deliver(delivery))
+            self._inflight.add(task)
+            task.add_done_callback(self._task_done)
+        if len(claimed) == free:
+            await asyncio.sleep(0)
+            return 0.0  # there may be more due
+        return await self._idle_delay()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -111,10 +124,7 @@ class Dispatcher:
         return min(IDLE_WAIT_S, max(0.0, due - self._clock.now()))
 
     async def _wait_for(self, stop: asyncio.Event, delay_s: float | None) -> None:
-        if delay_s == 0.0:
-            await asyncio.sleep(0)
-        else:
-            await sleep_or_event(self._clock, delay_s, self._wake, stop)
+        await sleep_or_event(self._clock, delay_s, self._wake, stop)
 
     async def _finish_inflight(self) -> None:
         if not self._inflight:

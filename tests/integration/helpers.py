@@ -29,9 +29,11 @@ class RecordingReceiver:
     script: list[int] = field(default_factory=list)
     default_status: int = 200
     requests: list[Received] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def handle(self, request: web.Request) -> web.Response:
         self.requests.append(Received(dict(request.headers), await request.text()))
+        self.arrived.set()
         status = self.script.pop(0) if self.script else self.default_status
         return web.Response(status=status, text="ok" if status < 300 else "nope")
 

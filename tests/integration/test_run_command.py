@@ -22,20 +22,12 @@ from tests.integration.helpers import RecordingReceiver
 ServerFactory = Callable[..., Any]
 
 
-async def _until(condition: Callable[[], bool], timeout_s: float) -> bool:
-    """Wait for something a separate process does (real time is the only clock it shares)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition() and loop.time() < deadline:
-        await asyncio.sleep(0.05)
-    return condition()
-
-
 async def test_run_delivers_and_stops_cleanly_on_sigterm(
     aiohttp_server: ServerFactory, tmp_path: Path, secret: str
 ) -> None:
-    sim = Simulator(api_key="proc-key", clock=SystemClock(), processing_s=0.5)
+    sim = Simulator(api_key="proc-key", clock=SystemClock(), processing_s=3600)
     sim.add_records(3, status="success")
+    [job] = sim.add_records(1, status="pending")
     receiver = RecordingReceiver()
     sim_server: TestServer = await aiohttp_server(sim.make_app())
     rx_server: TestServer = await aiohttp_server(receiver.app())
@@ -70,13 +62,19 @@ secret = "{secret}"
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+    assert proc.stdout is not None
+    seen: list[bytes] = []
     try:
-        assert await _until(lambda: sim.list_requests >= 2, 30)  # baseline done
-        [job] = sim.add_records(1, status="pending")
-        assert await _until(lambda: len(receiver.requests) >= 1, 30)
+        async with asyncio.timeout(30):
+            while b"baseline recorded" not in (line := await proc.stdout.readline()):
+                assert line, "the process ended before its baseline"
+                seen.append(line)
+        sim.set_status(job["id"], "success")
+        await asyncio.wait_for(receiver.arrived.wait(), 30)
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        rest, err = await asyncio.wait_for(proc.communicate(), 30)
+    out = b"".join(seen) + line + rest
     assert proc.returncode == 0, err.decode()
     [req] = receiver.requests
     body = Webhook(secret).verify(req.body, req.headers)
