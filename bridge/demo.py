@@ -136,7 +136,8 @@ async def run_demo(out: TextIO = sys.stdout, timeout_s: float = TIMEOUT_S) -> in
             baseline_seen.set()
             say(f"  bridge     baseline: {result.records_seen} existing records, no events")
         for event in result.events:
-            say(f"  bridge     detected {event.type:<18} {event.data.get('file_name')}")
+            error = f"  ({event.data.get('error')})" if event.data.get("error") else ""
+            say(f"  bridge     detected {event.type:<18} {event.data.get('file_name')}{error}")
 
     def sent(s: Sent) -> None:
         code = s.attempt.status_code or s.attempt.error

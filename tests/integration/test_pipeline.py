@@ -10,7 +10,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from bridge.upstream.simulator import Simulator
 from standardwebhooks.webhooks import Webhook
 
 from bridge.clock import FakeClock
@@ -18,6 +17,7 @@ from bridge.config import Settings
 from bridge.errors import UpstreamUnavailable
 from bridge.models import DeliveryState, Record, event_id
 from bridge.service import Service
+from bridge.upstream.simulator import Simulator
 from tests.integration.helpers import RecordingReceiver, drive, settings_for
 
 ServerFactory = Callable[..., Any]
@@ -98,7 +98,7 @@ async def test_pending_to_success_gives_one_verified_completed_event(
     sim.add_records(12, status="success")
     [job] = sim.add_records(1, status="pending")
     await service.poller.tick()
-    await clock.advance(3.0)
+    await clock.advance(3.5)
     result = await service.poller.tick()
     assert [e.type for e in result.events] == ["denoise.completed"]
     assert await service.dispatcher.drain_once() == 1
@@ -137,7 +137,7 @@ async def test_failed_job_gives_failed_event_with_error(
             assert resp.status == 200
             job_id = (await resp.json())["denoiseId"]
         assert [e.type for e in (await svc.poller.tick()).events] == ["denoise.created"]
-        await clock.advance(3.0)
+        await clock.advance(3.5)
         assert [e.type for e in (await svc.poller.tick()).events] == ["denoise.failed"]
         assert await svc.dispatcher.drain_once() == 2
     bodies = [verify(secret, r.headers, r.body) for r in receiver.requests]
@@ -159,7 +159,7 @@ async def test_retries_keep_the_id_and_refresh_the_timestamp(
     receiver.script = [500, 500, 200]
     [job] = sim.add_records(1, status="pending")
     await service.poller.tick()
-    await clock.advance(3.0)
+    await clock.advance(3.5)
     await service.poller.tick()
     assert await service.dispatcher.drain_once() == 1
     assert await service.dispatcher.drain_once() == 0  # not due before its retry time
@@ -193,7 +193,7 @@ async def test_dead_lettered_after_the_last_scheduled_attempt(
     async with Service(settings, clock=clock) as svc:
         sim.add_records(1, status="pending")
         await svc.poller.tick()
-        await clock.advance(3.0)
+        await clock.advance(3.5)
         await svc.poller.tick()
         for wait_s in (0.0, 1.0, 2.0):
             await clock.advance(wait_s)
@@ -210,7 +210,7 @@ async def test_redirect_is_not_followed(
     receiver.script = [302]
     sim.add_records(1, status="pending")
     await service.poller.tick()
-    await clock.advance(3.0)
+    await clock.advance(3.5)
     await service.poller.tick()
     await service.dispatcher.drain_once()
     [view] = await service.store.list_deliveries()
@@ -227,7 +227,7 @@ async def test_unreachable_receiver_is_a_failed_attempt(
     async with Service(settings, clock=clock) as svc:
         sim.add_records(1, status="pending")
         await svc.poller.tick()
-        await clock.advance(3.0)
+        await clock.advance(3.5)
         await svc.poller.tick()
         await svc.dispatcher.drain_once()
         [view] = await svc.store.list_deliveries()
@@ -339,7 +339,7 @@ async def test_disabled_subscriber_keeps_its_deliveries_queued(
     sim.add_records(1, status="pending")
     async with Service(disabled, clock=clock) as svc:
         await svc.poller.tick()
-        await clock.advance(3.0)
+        await clock.advance(3.5)
         await svc.poller.tick()
         assert await svc.dispatcher.drain_once() == 0
     async with Service(settings, clock=clock) as svc:
