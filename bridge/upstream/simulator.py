@@ -486,8 +486,10 @@ async def serve(
     runner = web.AppRunner(sim.make_app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
+    port = runner.addresses[0][1]
     print(
-        f"Munsit simulator on http://{host}:{port} (x-api-key: {api_key}), {jobs} records",
+        f"Munsit simulator on http://{host}:{port} (x-api-key: {api_key}), {jobs} records; "
+        "control routes under /_sim/",
         flush=True,
     )
     try:

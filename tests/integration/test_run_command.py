@@ -10,13 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp.test_utils import TestServer
-from bridge.upstream.simulator import Simulator
 from standardwebhooks.webhooks import Webhook
 
 from bridge.clock import SystemClock
 from bridge.demo import run_demo
 from bridge.models import event_id
+from bridge.upstream.simulator import Simulator
 from tests.integration.helpers import RecordingReceiver
 
 ServerFactory = Callable[..., Any]
@@ -109,3 +110,67 @@ async def test_demo_passes() -> None:
     assert "baseline: 4 existing records, no events" in text
     assert text.count("signature verified") == 10
     assert "answers 503" in text and "demo passed" in text
+
+
+async def _check_live(config: Path, key: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        "check",
+        "--live",
+        "--config",
+        str(config),
+        env={"MUNSIT_API_KEY": key, "PATH": "/usr/bin:/bin"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_check_live_reports_the_api_key(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    sim = Simulator(api_key="good-key", clock=SystemClock())
+    sim_server: TestServer = await aiohttp_server(sim.make_app())
+    config = tmp_path / "bridge.toml"
+    config.write_text(
+        f'[upstream]\nbase_url = "{str(sim_server.make_url("")).rstrip("/")}"\n'
+        f'[store]\nurl = "sqlite:///{tmp_path / "s.db"}"\n'
+    )
+    code, out, _ = await _check_live(config, "good-key")
+    assert code == 0 and "accepted the API key" in out
+    code, _, err = await _check_live(config, "bad-key")
+    assert code == 1 and "API key rejected" in err and "bad-key" not in err
+
+
+async def test_simulate_serves_the_api(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        "simulate",
+        "--port",
+        "0",
+        "--api-key",
+        "k",
+        "--jobs",
+        "12",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        url = line.split(" on ", 1)[1].split()[0]
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/denoise", headers={"x-api-key": "k"}) as resp:
+                records = await resp.json()
+            async with http.get(f"{url}/denoise") as resp:
+                assert resp.status == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 30)
+    assert len(records) == 12
+    assert proc.returncode == 0
