@@ -75,6 +75,15 @@ def signature_matches(secret: str, headers: dict[str, str], body: str) -> bool:
     return expected in headers["webhook-signature"].split(" ")
 
 
+async def one_completed_job(sim: Simulator, svc: Service, clock: FakeClock) -> dict[str, Any]:
+    """Baseline with one pending job, let it finish, and poll: one completion is queued."""
+    [job] = sim.add_records(1, status="pending")
+    await svc.poller.tick()
+    await clock.advance(3.5)
+    await svc.poller.tick()
+    return job
+
+
 async def test_baseline_emits_nothing(
     sim: Simulator, service: Service, receiver: RecordingReceiver
 ) -> None:
@@ -157,10 +166,7 @@ async def test_retries_keep_the_id_and_refresh_the_timestamp(
     secret: str,
 ) -> None:
     receiver.script = [500, 500, 200]
-    [job] = sim.add_records(1, status="pending")
-    await service.poller.tick()
-    await clock.advance(3.5)
-    await service.poller.tick()
+    job = await one_completed_job(sim, service, clock)
     assert await service.dispatcher.drain_once() == 1
     assert await service.dispatcher.drain_once() == 0  # not due before its retry time
     await clock.advance(5.0)  # schedule[0] = 5 s, jitter centred by rand = 0.5
@@ -191,10 +197,7 @@ async def test_dead_lettered_after_the_last_scheduled_attempt(
     receiver.default_status = 503
     settings = make_settings(delivery={"retry_schedule_s": [1, 2], "jitter": 0})
     async with Service(settings, clock=clock) as svc:
-        sim.add_records(1, status="pending")
-        await svc.poller.tick()
-        await clock.advance(3.5)
-        await svc.poller.tick()
+        await one_completed_job(sim, svc, clock)
         for wait_s in (0.0, 1.0, 2.0):
             await clock.advance(wait_s)
             assert await svc.dispatcher.drain_once() == 1
@@ -208,10 +211,7 @@ async def test_redirect_is_not_followed(
     sim: Simulator, service: Service, receiver: RecordingReceiver, clock: FakeClock
 ) -> None:
     receiver.script = [302]
-    sim.add_records(1, status="pending")
-    await service.poller.tick()
-    await clock.advance(3.5)
-    await service.poller.tick()
+    await one_completed_job(sim, service, clock)
     await service.dispatcher.drain_once()
     [view] = await service.store.list_deliveries()
     assert view.state is DeliveryState.PENDING
@@ -225,10 +225,7 @@ async def test_unreachable_receiver_is_a_failed_attempt(
 ) -> None:
     settings = settings_for(sim_url, "http://127.0.0.1:9/hook", secret, tmp_path / "b.db")
     async with Service(settings, clock=clock) as svc:
-        sim.add_records(1, status="pending")
-        await svc.poller.tick()
-        await clock.advance(3.5)
-        await svc.poller.tick()
+        await one_completed_job(sim, svc, clock)
         await svc.dispatcher.drain_once()
         [view] = await svc.store.list_deliveries()
     assert view.state is DeliveryState.PENDING

@@ -23,6 +23,16 @@ from tests.integration.helpers import RecordingReceiver
 ServerFactory = Callable[..., Any]
 
 
+def bridge_process(*args: str, **kwargs: Any) -> Any:
+    """`python -m bridge ARGS` as a real child process (stdin closed)."""
+    env = kwargs.pop("env", None)
+    if env is not None:
+        env = {"PATH": "/usr/bin:/bin", **env}
+    return asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", *args, env=env, stdin=asyncio.subprocess.DEVNULL, **kwargs
+    )
+
+
 async def test_run_delivers_and_stops_cleanly_on_sigterm(
     aiohttp_server: ServerFactory, tmp_path: Path, secret: str
 ) -> None:
@@ -52,14 +62,11 @@ url = "{rx_server.make_url("/hook")}"
 secret = "{secret}"
 """
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge",
+    proc = await bridge_process(
         "run",
         "--config",
         str(config),
-        env={"MUNSIT_API_KEY": "proc-key", "PATH": "/usr/bin:/bin"},
+        env={"MUNSIT_API_KEY": "proc-key"},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -89,10 +96,7 @@ secret = "{secret}"
 async def test_run_with_bad_config_exits_2(tmp_path: Path) -> None:
     config = tmp_path / "bridge.toml"
     config.write_text("[upstream]\napi_key = 'k'\npoll_interval_s = -1\n")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge",
+    proc = await bridge_process(
         "run",
         "--config",
         str(config),
@@ -113,15 +117,12 @@ async def test_demo_passes() -> None:
 
 
 async def _check_live(config: Path, key: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge",
+    proc = await bridge_process(
         "check",
         "--live",
         "--config",
         str(config),
-        env={"MUNSIT_API_KEY": key, "PATH": "/usr/bin:/bin"},
+        env={"MUNSIT_API_KEY": key},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -147,10 +148,7 @@ async def test_check_live_reports_the_api_key(
 
 
 async def test_simulate_serves_the_api(tmp_path: Path) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge",
+    proc = await bridge_process(
         "simulate",
         "--port",
         "0",
