@@ -61,11 +61,6 @@ class FakeClock:
         heapq.heappush(self._sleepers, (self._mono + delay_s, next(self._counter), future))
         await future
 
-    @property
-    def sleepers(self) -> int:
-        """How many sleeps are waiting (cancelled ones included until they are reached)."""
-        return sum(1 for _, _, f in self._sleepers if not f.done())
-
     def next_wakeup_in(self) -> float | None:
         """Seconds until the earliest waiting sleeper is due, if any."""
         while self._sleepers and self._sleepers[0][2].done():

@@ -294,9 +294,6 @@ class Settings(BaseSettings):
             InitSettingsSource(settings_cls, _file_data.get() or {}),
         )
 
-    def subscriber(self, subscriber_id: str) -> SubscriberConfig | None:
-        return next((s for s in self.subscribers if s.id == subscriber_id), None)
-
 
 def resolve_path(explicit: str | None) -> Path:
     """`--config`, else `BRIDGE_CONFIG`, else `./bridge.toml`."""

@@ -15,7 +15,6 @@ PENDING = "pending"
 SUCCESS = "success"
 FAILED = "failed"
 KNOWN_STATUSES = frozenset({PENDING, SUCCESS, FAILED})
-TERMINAL_STATUSES = frozenset({SUCCESS, FAILED})
 
 CREATED = "denoise.created"
 COMPLETED = "denoise.completed"
@@ -24,11 +23,6 @@ PROGRESS = "denoise.progress"
 TEST = "bridge.test"
 EVENT_TYPES = (CREATED, COMPLETED, FAILED_EVENT, PROGRESS, TEST)
 TERMINAL_EVENT = {SUCCESS: COMPLETED, FAILED: FAILED_EVENT}
-
-
-def is_terminal(status: str) -> bool:
-    """`success` and `failed` are final; `pending` and anything unknown are not."""
-    return status in TERMINAL_STATUSES
 
 
 def iso_utc(ts: float) -> str:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from bridge.models import (
     CREATED,
-    KNOWN_STATUSES,
     TERMINAL_EVENT,
     Event,
     Record,
@@ -54,11 +53,6 @@ def diff(
             terminal = TERMINAL_EVENT.get(record.status)
             changes.append(Change(record, known.status, (terminal,) if terminal else ()))
     return changes
-
-
-def unknown_statuses(rows: Sequence[Record]) -> list[Record]:
-    """Rows whose status is not one Munsit documents (treated as not terminal)."""
-    return [r for r in rows if r.status not in KNOWN_STATUSES]
 
 
 def build_events(changes: Sequence[Change], *, now: float) -> list[Event]:
