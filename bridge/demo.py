@@ -96,6 +96,7 @@ def demo_settings(upstream_url: str, receiver_url: str, secret: str, db: Path) -
                 "api_key": API_KEY,
                 "page_size": 3,
                 "poll_interval_s": 0.5,
+                "idle_poll_interval_s": 0.5,
                 "request_timeout_s": 5,
             },
             "store": {"url": f"sqlite:///{db}"},

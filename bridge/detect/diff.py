@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bridge.models import (
@@ -32,20 +32,20 @@ def diff(
     previous: Mapping[str, RecordState],
     rows: Sequence[Record],
     *,
-    announce_new: bool,
+    announce: Callable[[Record], bool],
 ) -> list[Change]:
     """Changes of `rows` (newest first, unique ids) against `previous`, oldest record first.
 
-    `announce_new` is false only for a baseline scan without backfill: new records are then
-    remembered silently. A first sighting emits `created` and, if already terminal, the
-    terminal event; a known record emits the terminal event of the status it moved to.
+    A first sighting emits `created` and, if already terminal, the terminal event — unless
+    `announce` says the record predates the baseline, when it is remembered silently. A known
+    record emits the terminal event of the status it moved to.
     """
     changes: list[Change] = []
     for record in reversed(rows):
         known = previous.get(record.id)
         if known is None:
             types: tuple[str, ...] = ()
-            if announce_new:
+            if announce(record):
                 terminal = TERMINAL_EVENT.get(record.status)
                 types = (CREATED, terminal) if terminal else (CREATED,)
             changes.append(Change(record, None, types))

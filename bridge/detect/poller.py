@@ -1,8 +1,10 @@
-"""The polling loop: scan, diff, and commit state, events and deliveries in one transaction."""
+"""The polling loop: scan, diff, and commit state, events and deliveries in one transaction;
+wait an adaptive interval, or less when a progress stream says a job finished."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -12,12 +14,18 @@ from bridge.clock import Clock, sleep_or_event
 from bridge.config import SubscriberConfig, UpstreamConfig
 from bridge.deliver.routing import route
 from bridge.detect.diff import Change, build_events, diff
-from bridge.detect.scan import ListPages, scan
-from bridge.errors import StoreError, UpstreamAuthError, UpstreamError
-from bridge.models import Event
-from bridge.store.base import ScanCommit, Store
+from bridge.detect.scan import ListPages, Sweep, scan
+from bridge.errors import StoreError, UpstreamAuthError, UpstreamError, UpstreamUnavailable
+from bridge.models import Event, Record, RecordState
+from bridge.store.base import BASELINE_MARK, LAST_FULL_SCAN, SWEEP, ScanCommit, Store
 
 log = structlog.get_logger("bridge.poll")
+
+JITTER = 0.1
+DEBOUNCE_S = 0.25
+MAX_BACKOFF_S = 300.0
+MAX_RETRY_AFTER_S = 3600.0
+GONE_LOGGED = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +38,7 @@ class PollResult:
     changes: list[Change]
     events: list[Event]
     deliveries: int
+    truncated: bool
 
 
 class Poller:
@@ -43,6 +52,7 @@ class Poller:
         upstream: UpstreamConfig,
         subscribers: Sequence[SubscriberConfig],
         clock: Clock,
+        rand: Callable[[], float] = random.random,
         on_poll: Callable[[PollResult], None] | None = None,
     ) -> None:
         self._client = client
@@ -50,54 +60,149 @@ class Poller:
         self._upstream = upstream
         self._subscribers = list(subscribers)
         self._clock = clock
+        self._rand = rand
         self._on_poll = on_poll
+        self._kick = asyncio.Event()
+        self._full_requested = False
+        self._failures = 0
+        self.pending: list[RecordState] = []
         self.last_success_at: float | None = None
         self.last_error: str | None = None
+        self.auth_failed = False
+
+    def request_scan(self) -> None:
+        """Scan soon (after a short debounce) instead of at the next interval."""
+        self._kick.set()
+
+    def request_full_scan(self) -> None:
+        """Start a reconciliation sweep of the whole list at the next scan."""
+        self._full_requested = True
+        self._kick.set()
 
     async def tick(self) -> PollResult:
         """One poll. Raises on upstream or store errors, having changed nothing."""
-        baseline = not await self._store.baseline_done()
-        result = await scan(self._client, self._store, page_size=self._upstream.page_size)
-        changes = diff(
-            result.previous, result.rows, announce_new=not baseline or self._upstream.backfill
-        )
         now = self._clock.now()
+        mark = await self._store.get_meta(BASELINE_MARK)
+        sweep = Sweep.loads(await self._store.get_meta(SWEEP))
+        meta: dict[str, str | None] = {}
+        if sweep is None and await self._full_scan_due(now):
+            sweep = Sweep(0, "", "", now, "full")
+            meta[LAST_FULL_SCAN] = repr(now)
+            log.info("reconciliation scan started")
+        result = await scan(
+            self._client,
+            self._store,
+            page_size=self._upstream.page_size,
+            max_pages=self._upstream.max_pages_per_scan,
+            now=now,
+            sweep=sweep,
+        )
+        baseline = mark is None
+        if mark is None:
+            mark = max((r.created_at for r in result.rows), default="")
+            meta[BASELINE_MARK] = mark
+            meta.setdefault(LAST_FULL_SCAN, repr(now))
+        changes = diff(result.previous, result.rows, announce=self._announcer(mark))
         events = build_events(changes, now=now)
+        meta[SWEEP] = result.sweep.dumps() if result.sweep else None
         for record_id in result.vanished:
             log.warning("pending record is gone from the Munsit list", record_id=record_id)
-        deliveries = await self._store.commit_scan(
+        if result.truncated:
+            log.warning(
+                "scan stopped at upstream.max_pages_per_scan; the next polls carry on from here",
+                pages=result.pages,
+            )
+        finished = result.finished_sweep
+        committed = await self._store.commit_scan(
             ScanCommit(
                 states=[c.state for c in changes],
                 events=[(e, route(e.type, self._subscribers)) for e in events],
                 now=now,
-                baseline=baseline,
+                seen=[r.id for r in result.rows],
                 removed=result.vanished,
+                forget_unseen_before=finished.started_at if finished else None,
+                meta=meta,
             )
         )
-        self.last_success_at = now
-        self.last_error = None
-        poll = PollResult(baseline, result.pages, len(result.rows), changes, events, deliveries)
+        for record_id in committed.forgotten[:GONE_LOGGED]:
+            log.warning("record is gone from the Munsit list", record_id=record_id)
+        if finished is not None:
+            log.info("sweep finished", reason=finished.reason, gone=len(committed.forgotten))
+        self.pending = await self._store.tracked_pending()
+        self.last_success_at, self.last_error, self.auth_failed = now, None, False
+        poll = PollResult(
+            baseline,
+            result.pages,
+            len(result.rows),
+            changes,
+            events,
+            committed.deliveries,
+            result.truncated,
+        )
         log.info(
             "baseline recorded" if baseline else "poll",
             pages=result.pages,
             records_seen=len(result.rows),
             changes=len(changes),
             events=len(events),
+            pending=len(self.pending),
         )
         if self._on_poll is not None:
             self._on_poll(poll)
         return poll
 
+    def _announcer(self, mark: str) -> Callable[[Record], bool]:
+        """New records created after the baseline are announced; older ones only with
+        `upstream.backfill`."""
+        if self._upstream.backfill:
+            return lambda _: True
+        return lambda record: record.created_at > mark
+
+    async def _full_scan_due(self, now: float) -> bool:
+        if self._full_requested:
+            self._full_requested = False
+            return True
+        interval = self._upstream.full_scan_interval_s
+        last = await self._store.get_meta(LAST_FULL_SCAN)
+        return interval > 0 and last is not None and now - float(last) >= interval
+
+    def interval_s(self) -> float:
+        """The next wait: short while records are pending, long when idle, ±10 % jitter."""
+        up = self._upstream
+        base = up.poll_interval_s if self.pending else up.idle_poll_interval_s
+        return base * (1 + JITTER * (2 * self._rand() - 1))
+
+    async def poll_once(self) -> float:
+        """One guarded poll; returns how long to wait before the next one."""
+        try:
+            await self.tick()
+        except UpstreamAuthError as exc:
+            self.last_error, self.auth_failed = str(exc), True
+            log.error(
+                "poll failed: API key rejected; not ready until it works again", error=str(exc)
+            )
+            return self.interval_s()
+        except UpstreamUnavailable as exc:
+            self._failures += 1
+            self.last_error = str(exc)
+            backoff = min(MAX_BACKOFF_S, self._upstream.poll_interval_s * 2**self._failures)
+            retry_after = min(exc.retry_after_s or 0.0, MAX_RETRY_AFTER_S)
+            delay = max(self.interval_s(), backoff, retry_after)
+            log.warning("poll failed, backing off", error=str(exc), retry_in_s=round(delay, 1))
+            return float(delay)
+        except (UpstreamError, StoreError) as exc:
+            self.last_error = str(exc)
+            log.warning("poll failed, will try again", error=str(exc))
+            return self.interval_s()
+        self._failures = 0
+        return self.interval_s()
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll every `poll_interval_s` until `stop` is set; failures are logged and retried
-        at the next interval, never fatal to the service."""
+        """Poll until `stop` is set: after each poll wait its interval, or a debounce after
+        `request_scan()`. Failures are logged and retried, never fatal to the service."""
         while not stop.is_set():
-            try:
-                await self.tick()
-            except UpstreamAuthError as exc:
-                self.last_error = str(exc)
-                log.error("poll failed: API key rejected", error=str(exc))
-            except (UpstreamError, StoreError) as exc:
-                self.last_error = str(exc)
-                log.warning("poll failed, will try again", error=str(exc))
-            await sleep_or_event(self._clock, self._upstream.poll_interval_s, stop)
+            delay = await self.poll_once()
+            await sleep_or_event(self._clock, delay, stop, self._kick)
+            if self._kick.is_set() and not stop.is_set():
+                await sleep_or_event(self._clock, DEBOUNCE_S, stop)  # let a burst coalesce
+                self._kick.clear()

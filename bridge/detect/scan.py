@@ -1,13 +1,18 @@
-"""One scan of the Munsit list: page from offset 0 until the stop rule says enough."""
+"""One scan of the Munsit list: page from the top until the stop rule says enough, then carry
+on with an unfinished sweep (a baseline, a runaway scan or a reconciliation) within a page budget.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 from bridge.models import Record, RecordState
 from bridge.store.base import Store
+
+REALIGN_TRIES = 3
 
 
 class ListPages(Protocol):
@@ -61,6 +66,29 @@ class StopRule:
 
 
 @dataclass(frozen=True, slots=True)
+class Sweep:
+    """An unfinished pass to the end of the list, resumed by the next scans.
+
+    `offset` is where the next page starts; `last_id`/`last_created` name the oldest record
+    seen so far, to re-align when the list moved meanwhile; records not seen since
+    `started_at` when the sweep reaches the end are gone from the list.
+    """
+
+    offset: int
+    last_id: str
+    last_created: str
+    started_at: float
+    reason: str
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def loads(cls, text: str | None) -> Sweep | None:
+        return None if not text else cls(**json.loads(text))
+
+
+@dataclass(frozen=True, slots=True)
 class ScanResult:
     """Rows of a completed scan, newest first, each id once, with what was known of them."""
 
@@ -68,34 +96,135 @@ class ScanResult:
     previous: dict[str, RecordState]
     pages: int
     vanished: list[str]
+    sweep: Sweep | None  # what to persist: None when no sweep is left unfinished
+    finished_sweep: Sweep | None  # a sweep that reached the end of the list in this scan
+    truncated: bool  # the page budget stopped the scan before its rule was satisfied
 
 
-async def scan(client: ListPages, store: Store, *, page_size: int) -> ScanResult:
-    """Fetch pages until the stop rule holds. Raises on any upstream error: a partial scan
-    returns nothing, so nothing of it is ever committed.
+class _Pager:
+    """Fetches pages within a budget, keeping each row once (its latest fetch) and what the
+    store knew of it before this scan."""
+
+    def __init__(self, client: ListPages, store: Store, page_size: int, max_pages: int) -> None:
+        self.client, self.store = client, store
+        self.page_size, self.budget = page_size, max_pages
+        self.pages = 0
+        self.rows: dict[str, Record] = {}
+        self.previous: dict[str, RecordState] = {}
+
+    @property
+    def exhausted(self) -> bool:
+        return self.pages >= self.budget
+
+    async def fetch(self, offset: int) -> tuple[list[Record], set[str]]:
+        """One page and the ids in it that were known before this scan."""
+        page = await self.client.list_page(offset, self.page_size)
+        self.pages += 1
+        fresh = [r.id for r in page if r.id not in self.rows]
+        self.previous.update(await self.store.known_states(fresh))
+        for record in page:
+            self.rows[record.id] = record
+        return page, {r.id for r in page if r.id in self.previous}
+
+
+async def scan(
+    client: ListPages,
+    store: Store,
+    *,
+    page_size: int,
+    max_pages: int,
+    now: float,
+    sweep: Sweep | None = None,
+) -> ScanResult:
+    """Fetch pages until the stop rule holds, then advance `sweep` with the pages left.
+
+    Raises on any upstream error: a partial scan returns nothing, so nothing of it is ever
+    committed. Hitting `max_pages` is not an error: what was read is returned, and the rest
+    continues as a sweep at the next scan.
     """
     pending = {s.id: s for s in await store.tracked_pending()}
+    newest_known = await store.newest_created_at()
+    pager = _Pager(client, store, page_size, max_pages)
     rule = StopRule(pending)
-    rows: dict[str, Record] = {}
-    previous: dict[str, RecordState] = {}
-    offset = pages = 0
+    offset, at_end, truncated = 0, False, False
+    last: Record | None = None
     while True:
-        page = await client.list_page(offset, page_size)
-        pages += 1
-        fresh = [r for r in page if r.id not in rows]
-        known = await store.known_states([r.id for r in fresh])
-        previous.update(known)
-        for record in page:
-            rows[record.id] = record  # a row seen twice (drift): its latest fetch wins
-        rule.observe(page, set(known))
+        if pager.exhausted:
+            truncated = True
+            break
+        page, known = await pager.fetch(offset)
+        rule.observe(page, known)
         offset += len(page)
+        last = page[-1] if page else last
         if rule.done(len(page), page_size):
-            return ScanResult(
-                rows=_newest_first(rows.values()),
-                previous=previous,
-                pages=pages,
-                vanished=sorted(rule.vanished),
-            )
+            at_end = len(page) < page_size
+            break
+
+    finished: Sweep | None = None
+    if truncated and last is not None:
+        started = min(sweep.started_at, now) if sweep else now
+        sweep = Sweep(offset, last.id, last.created_at, started, "overflow")
+    elif at_end:
+        finished, sweep = sweep, None  # the whole list was read in this scan
+    elif sweep is not None and not sweep.last_id and last is not None:
+        # a sweep that starts now continues right below what this scan just read
+        fresh = replace(sweep, offset=offset, last_id=last.id, last_created=last.created_at)
+        sweep, finished = await _advance(pager, fresh, realign=False)
+    elif sweep is not None:
+        inserted = sum(
+            1
+            for r in pager.rows.values()
+            if r.id not in pager.previous
+            and newest_known is not None
+            and r.created_at > newest_known
+        )
+        shifted = replace(sweep, offset=sweep.offset + inserted)
+        sweep, finished = await _advance(pager, shifted, realign=True)
+
+    return ScanResult(
+        rows=_newest_first(pager.rows.values()),
+        previous=pager.previous,
+        pages=pager.pages,
+        vanished=sorted(rule.vanished),
+        sweep=sweep,
+        finished_sweep=finished,
+        truncated=truncated,
+    )
+
+
+async def _advance(
+    pager: _Pager, sweep: Sweep, *, realign: bool
+) -> tuple[Sweep | None, Sweep | None]:
+    """Continue `sweep` within the budget; returns (still unfinished, finished).
+
+    With `realign`, the first page starts one row above the expected position: finding the
+    last record seen there (or a newer one) proves nothing was skipped; finding an older one
+    means records were removed above, so it steps back a page, then reads on.
+    """
+    offset, last_id, last_created = sweep.offset, sweep.last_id, sweep.last_created
+    if realign:
+        offset = max(0, offset - 1)
+    for attempt in range(REALIGN_TRIES if realign else 0):
+        if pager.exhausted:
+            return sweep, None
+        page, _ = await pager.fetch(offset)
+        aligned = bool(page) and (page[0].id == last_id or page[0].created_at > last_created)
+        if aligned or offset == 0 or attempt == REALIGN_TRIES - 1:
+            offset += len(page)
+            if page:
+                last_id, last_created = page[-1].id, page[-1].created_at
+            if len(page) < pager.page_size:
+                return None, sweep
+            break
+        offset = max(0, offset - pager.page_size)
+    while not pager.exhausted:
+        page, _ = await pager.fetch(offset)
+        offset += len(page)
+        if page:
+            last_id, last_created = page[-1].id, page[-1].created_at
+        if len(page) < pager.page_size:
+            return None, sweep
+    return replace(sweep, offset=offset, last_id=last_id, last_created=last_created), None
 
 
 def _newest_first(rows: Iterable[Record]) -> list[Record]:

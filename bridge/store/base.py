@@ -5,11 +5,16 @@ Adapters (SQLite now) implement it; nothing above this line knows which database
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from bridge.models import Attempt, Delivery, DeliveryState, DeliveryView, Event, RecordState
+
+# meta keys
+BASELINE_MARK = "baseline_mark"  # created_at of the newest record of the first scan
+SWEEP = "sweep"  # position of an unfinished deep scan (JSON)
+LAST_FULL_SCAN = "last_full_scan_at"  # unix time the last reconciliation scan started
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,8 +24,18 @@ class ScanCommit:
     states: Sequence[RecordState]
     events: Sequence[tuple[Event, Sequence[str]]]  # each event with the subscriber ids it goes to
     now: float
-    baseline: bool = False
-    removed: Sequence[str] = field(default_factory=tuple)
+    seen: Sequence[str] = ()  # every record id the scan saw (marks them present at `now`)
+    removed: Sequence[str] = ()  # records to forget
+    forget_unseen_before: float | None = None  # forget records not seen since this time
+    meta: Mapping[str, str | None] = field(default_factory=dict)  # None deletes the key
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What a scan commit did."""
+
+    deliveries: int
+    forgotten: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +59,16 @@ class Store(Protocol):
         """Raise `StoreError` unless the store answers."""
         ...
 
+    async def get_meta(self, key: str) -> str | None:
+        """A small piece of service state (baseline mark, sweep position …)."""
+        ...
+
     async def baseline_done(self) -> bool:
-        """Whether a first complete scan has been committed."""
+        """Whether a first scan has been committed."""
+        ...
+
+    async def newest_created_at(self) -> str | None:
+        """`created_at` of the newest known record."""
         ...
 
     async def known_states(self, record_ids: Sequence[str]) -> dict[str, RecordState]:
@@ -56,8 +79,8 @@ class Store(Protocol):
         """Known records whose last status was not terminal, newest first."""
         ...
 
-    async def commit_scan(self, commit: ScanCommit) -> int:
-        """Apply a scan atomically; returns the number of deliveries created."""
+    async def commit_scan(self, commit: ScanCommit) -> Committed:
+        """Apply a scan atomically."""
         ...
 
     async def claim_due(

@@ -20,7 +20,7 @@ from bridge.models import (
     Event,
     RecordState,
 )
-from bridge.store.base import AttemptOutcome, ScanCommit
+from bridge.store.base import BASELINE_MARK, AttemptOutcome, Committed, ScanCommit
 
 T = TypeVar("T")
 
@@ -67,6 +67,9 @@ MIGRATIONS: tuple[str, ...] = (
         response_excerpt TEXT NOT NULL
     );
     CREATE INDEX attempts_delivery ON attempts (delivery_id);
+    """,
+    """
+    CREATE INDEX records_created ON records (created_at);
     """,
 )
 
@@ -141,11 +144,18 @@ class SqliteStore:
     async def ping(self) -> None:
         await self._run(lambda c: c.execute("SELECT 1").fetchone())
 
-    async def baseline_done(self) -> bool:
+    async def get_meta(self, key: str) -> str | None:
         row = await self._run(
-            lambda c: c.execute("SELECT value FROM meta WHERE key = 'baseline_at'").fetchone()
+            lambda c: c.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         )
-        return row is not None
+        return None if row is None else str(row[0])
+
+    async def baseline_done(self) -> bool:
+        return await self.get_meta(BASELINE_MARK) is not None
+
+    async def newest_created_at(self) -> str | None:
+        row = await self._run(lambda c: c.execute("SELECT MAX(created_at) FROM records").fetchone())
+        return None if row[0] is None else str(row[0])
 
     async def known_states(self, record_ids: Sequence[str]) -> dict[str, RecordState]:
         ids = list(dict.fromkeys(record_ids))
@@ -172,18 +182,37 @@ class SqliteStore:
         )
         return [RecordState(*row) for row in rows]
 
-    async def commit_scan(self, commit: ScanCommit) -> int:
-        def write(conn: sqlite3.Connection) -> int:
+    async def commit_scan(self, commit: ScanCommit) -> Committed:
+        def write(conn: sqlite3.Connection) -> Committed:
             conn.executemany(
                 "INSERT INTO records (id, status, created_at, seen_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET status = excluded.status,"
                 " seen_at = excluded.seen_at",
                 [(s.id, s.status, s.created_at, commit.now) for s in commit.states],
             )
-            if commit.removed:
-                conn.executemany(
-                    "DELETE FROM records WHERE id = ?", [(rid,) for rid in commit.removed]
-                )
+            conn.executemany(
+                "UPDATE records SET seen_at = ? WHERE id = ?",
+                [(commit.now, rid) for rid in commit.seen],
+            )
+            conn.executemany("DELETE FROM records WHERE id = ?", [(r,) for r in commit.removed])
+            forgotten: list[str] = []
+            if commit.forget_unseen_before is not None:
+                forgotten = [
+                    row[0]
+                    for row in conn.execute(
+                        "DELETE FROM records WHERE seen_at < ? RETURNING id",
+                        (commit.forget_unseen_before,),
+                    )
+                ]
+            for key, value in commit.meta.items():
+                if value is None:
+                    conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+                else:
+                    conn.execute(
+                        "INSERT INTO meta (key, value) VALUES (?, ?)"
+                        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        (key, value),
+                    )
             created = 0
             for event, subscribers in commit.events:
                 cur = conn.execute(
@@ -208,13 +237,7 @@ class SqliteStore:
                         (seq, sub, commit.now, commit.now, commit.now),
                     )
                     created += 1
-            if commit.baseline:
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('baseline_at', ?) "
-                    "ON CONFLICT (key) DO NOTHING",
-                    (str(commit.now),),
-                )
-            return created
+            return Committed(created, forgotten)
 
         return await self._tx(write)
 

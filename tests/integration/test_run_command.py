@@ -48,6 +48,7 @@ async def test_run_delivers_and_stops_cleanly_on_sigterm(
 [upstream]
 base_url = "{str(sim_server.make_url("")).rstrip("/")}"
 poll_interval_s = 0.1
+idle_poll_interval_s = 0.1
 [store]
 url = "sqlite:///{tmp_path / "state.db"}"
 [delivery]

@@ -10,7 +10,7 @@ import pytest
 
 from bridge.errors import StoreError
 from bridge.models import Attempt, DeliveryState, Event, RecordState
-from bridge.store.base import AttemptOutcome, ScanCommit
+from bridge.store.base import BASELINE_MARK, AttemptOutcome, ScanCommit
 from bridge.store.sqlite import MIGRATIONS, SqliteStore
 
 
@@ -41,7 +41,12 @@ async def test_reopen_keeps_everything_and_does_not_remigrate(tmp_path: Path) ->
     s = SqliteStore(tmp_path / "b.db")
     await s.open()
     await s.commit_scan(
-        ScanCommit([RecordState("r1", "pending", "t")], [(event(1), ["a"])], now=5.0, baseline=True)
+        ScanCommit(
+            [RecordState("r1", "pending", "t")],
+            [(event(1), ["a"])],
+            now=5.0,
+            meta={BASELINE_MARK: "t"},
+        )
     )
     await s.close()
     s = SqliteStore(tmp_path / "b.db")
@@ -74,7 +79,7 @@ async def test_failed_commit_changes_nothing(store: SqliteStore) -> None:
         [RecordState("r1", "success", "t"), RecordState("r2", "success", "t")],
         [(event(1), ["a"]), (bad, ["a"])],
         now=1.0,
-        baseline=True,
+        meta={BASELINE_MARK: "t"},
     )
     with pytest.raises(TypeError):
         await store.commit_scan(commit)
@@ -84,8 +89,12 @@ async def test_failed_commit_changes_nothing(store: SqliteStore) -> None:
 
 
 async def test_same_event_id_is_never_enqueued_twice(store: SqliteStore) -> None:
-    assert await store.commit_scan(ScanCommit([], [(event(1), ["a", "b"])], now=1.0)) == 2
-    assert await store.commit_scan(ScanCommit([], [(event(1), ["a", "b"])], now=2.0)) == 0
+    assert (
+        await store.commit_scan(ScanCommit([], [(event(1), ["a", "b"])], now=1.0))
+    ).deliveries == 2
+    assert (
+        await store.commit_scan(ScanCommit([], [(event(1), ["a", "b"])], now=2.0))
+    ).deliveries == 0
     assert (await store.count_deliveries())[DeliveryState.PENDING] == 2
 
 
@@ -140,7 +149,7 @@ async def test_pending_records_are_tracked_newest_first_and_removed(store: Sqlit
         RecordState("c", "success", "2026-01-03"),
         RecordState("d", "weird", "2026-01-04"),
     ]
-    await store.commit_scan(ScanCommit(states, [], now=1.0, baseline=True))
+    await store.commit_scan(ScanCommit(states, [], now=1.0, meta={BASELINE_MARK: "t"}))
     assert [s.id for s in await store.tracked_pending()] == ["d", "b", "a"]
     await store.commit_scan(
         ScanCommit([RecordState("a", "success", "2026-01-01")], [], now=2.0, removed=["b"])

@@ -43,7 +43,7 @@ def test_diff_table(
     previous: str | None, row: str, announce: bool, expected: tuple[str, ...]
 ) -> None:
     prev = {"r1": state("r1", previous)} if previous else {}
-    changes = diff(prev, [rec("r1", row)], announce_new=announce)
+    changes = diff(prev, [rec("r1", row)], announce=lambda _: announce)
     assert len(changes) == 1
     assert changes[0].event_types == expected
     assert changes[0].previous_status == previous
@@ -52,7 +52,7 @@ def test_diff_table(
 
 @pytest.mark.parametrize("status", ["pending", "success", "failed", "weird"])
 def test_unchanged_known_record_is_no_change(status: str) -> None:
-    assert diff({"r1": state("r1", status)}, [rec("r1", status)], announce_new=True) == []
+    assert diff({"r1": state("r1", status)}, [rec("r1", status)], announce=lambda _: True) == []
 
 
 def test_changes_come_oldest_record_first() -> None:
@@ -62,13 +62,13 @@ def test_changes_come_oldest_record_first() -> None:
         rec("old", "success", "2026-01-01"),
     ]
     prev = {"old": state("old", "pending")}
-    changes = diff(prev, rows, announce_new=True)
+    changes = diff(prev, rows, announce=lambda _: True)
     assert [c.record.id for c in changes] == ["old", "mid", "new"]
 
 
 def test_events_have_deterministic_ids_and_carry_the_record() -> None:
     row = rec("r1", "failed", error="Could not decode audio stream", extra_field=1)
-    changes = diff({"r1": state("r1", "pending")}, [row], announce_new=True)
+    changes = diff({"r1": state("r1", "pending")}, [row], announce=lambda _: True)
     [event] = build_events(changes, now=1_700_000_000.5)
     assert event.id == event_id("r1", "denoise.failed")
     assert event.id.startswith("evt_") and "." not in event.id
@@ -79,7 +79,7 @@ def test_events_have_deterministic_ids_and_carry_the_record() -> None:
 
 
 def test_created_event_has_no_previous_status_and_terminal_first_sighting_neither() -> None:
-    events = build_events(diff({}, [rec("r9", "success")], announce_new=True), now=1.0)
+    events = build_events(diff({}, [rec("r9", "success")], announce=lambda _: True), now=1.0)
     assert [(e.type, e.previous_status) for e in events] == [
         ("denoise.created", None),
         ("denoise.completed", None),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bridge.detect.scan import StopRule, scan
 from bridge.models import Record, RecordState
-from bridge.store.base import ScanCommit
+from bridge.store.base import BASELINE_MARK, ScanCommit
 from bridge.store.sqlite import SqliteStore
 
 
@@ -66,14 +66,14 @@ def test_rule_passes_a_deleted_pending_record_by_creation_time() -> None:
 async def _store(tmp_path: Path, states: list[RecordState]) -> SqliteStore:
     store = SqliteStore(tmp_path / "s.db")
     await store.open()
-    await store.commit_scan(ScanCommit(states=states, events=[], now=1.0, baseline=True))
+    await store.commit_scan(ScanCommit(states=states, events=[], now=1.0, meta={BASELINE_MARK: ""}))
     return store
 
 
 async def test_baseline_pages_to_the_end(tmp_path: Path) -> None:
     store = await _store(tmp_path, [])
     source = ListSource(7)
-    result = await scan(source, store, page_size=3)
+    result = await scan(source, store, page_size=3, max_pages=200, now=2.0)
     assert source.calls == [(0, 3), (3, 3), (6, 3)]
     assert [r.id for r in result.rows] == [f"r{n:04d}" for n in range(7, 0, -1)]
     await store.close()
@@ -82,7 +82,7 @@ async def test_baseline_pages_to_the_end(tmp_path: Path) -> None:
 async def test_steady_state_costs_one_request(tmp_path: Path) -> None:
     source = ListSource(100)
     store = await _store(tmp_path, [st(n) for n in range(1, 101)])
-    result = await scan(source, store, page_size=10)
+    result = await scan(source, store, page_size=10, max_pages=200, now=2.0)
     assert source.calls == [(0, 10)]
     assert result.pages == 1
     await store.close()
@@ -93,7 +93,7 @@ async def test_deep_pending_record_is_reached(tmp_path: Path) -> None:
     states = [st(n) for n in range(1, 101)]
     states[19] = st(20, "pending")  # 81st from the top
     store = await _store(tmp_path, states)
-    result = await scan(source, store, page_size=10)
+    result = await scan(source, store, page_size=10, max_pages=200, now=2.0)
     assert len(source.calls) == 9  # offsets 0..80
     assert "r0020" in {r.id for r in result.rows}
     await store.close()
@@ -104,7 +104,7 @@ async def test_inserts_between_page_fetches_are_deduplicated(tmp_path: Path) -> 
     store = await _store(tmp_path, [])
     inserted = iter(range(500, 600))
     source.before_fetch = lambda call: source.insert_top(next(inserted)) if call else None
-    result = await scan(source, store, page_size=3)
+    result = await scan(source, store, page_size=3, max_pages=200, now=2.0)
     ids = [r.id for r in result.rows]
     assert len(ids) == len(set(ids))
     assert {f"r{n:04d}" for n in range(1, 11)} <= set(ids)
@@ -116,7 +116,7 @@ async def test_many_new_records_are_all_collected(tmp_path: Path) -> None:
     store = await _store(tmp_path, [st(n) for n in range(1, 21)])
     for n in range(21, 46):
         source.insert_top(n, "success")
-    result = await scan(source, store, page_size=10)
+    result = await scan(source, store, page_size=10, max_pages=200, now=2.0)
     new = {r.id for r in result.rows} - {f"r{n:04d}" for n in range(1, 21)}
     assert new == {f"r{n:04d}" for n in range(21, 46)}
     assert source.calls == [(0, 10), (10, 10), (20, 10)]
@@ -135,7 +135,7 @@ async def test_status_change_mid_scan_takes_latest_fetch(tmp_path: Path) -> None
             source.insert_top(50, "pending")  # pushes row 4 onto the second page again
 
     source.before_fetch = flip
-    result = await scan(source, store, page_size=3)
+    result = await scan(source, store, page_size=3, max_pages=200, now=2.0)
     by_id = {r.id: r for r in result.rows}
     assert by_id["r0001"].status == "success"
     assert result.previous["r0001"].status == "pending"
