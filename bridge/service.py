@@ -90,6 +90,7 @@ class Service:
             upstream=up,
             subscribers=self.settings.subscribers,
             clock=self.clock,
+            rand=self._rand,
             on_poll=self._polled,
         )
         return self

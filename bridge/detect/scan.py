@@ -145,7 +145,9 @@ async def scan(
     pending = {s.id: s for s in await store.tracked_pending()}
     newest_known = await store.newest_created_at()
     pager = _Pager(client, store, page_size, max_pages)
-    rule = StopRule(pending)
+    # While a baseline or overflow sweep is unfinished, the top scan only looks for new
+    # records; the sweep passes the pending ones. A reconciliation sweep changes nothing.
+    rule = StopRule(pending if sweep is None or sweep.reason == "full" else {})
     offset, at_end, truncated = 0, False, False
     last: Record | None = None
     while True:
