@@ -42,5 +42,9 @@ class UpstreamAuthError(UpstreamError):
     """401: the API key was rejected. Retrying cannot help."""
 
 
+class UpstreamNotFound(UpstreamError):
+    """404: the record is unknown to Munsit."""
+
+
 class UpstreamProtocolError(UpstreamError):
     """The API answered something that is not what its documentation promises."""

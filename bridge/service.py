@@ -14,6 +14,7 @@ from bridge.config import Settings
 from bridge.deliver.dispatcher import Dispatcher, Sent
 from bridge.deliver.formats import SUPPORTED_FORMATS
 from bridge.detect.poller import Poller, PollResult
+from bridge.detect.progress import ProgressWatcher
 from bridge.errors import ConfigError
 from bridge.store.base import Store
 from bridge.store.sqlite import SqliteStore
@@ -62,10 +63,13 @@ class Service:
         await self.store.open()
         up = self.settings.upstream
         upstream_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8))
+        stream_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=up.max_progress_streams)
+        )
         delivery_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.settings.delivery.max_in_flight)
         )
-        self._sessions = [upstream_session, delivery_session]
+        self._sessions = [upstream_session, stream_session, delivery_session]
         self.client = MunsitClient(
             upstream_session,
             base_url=up.base_url,
@@ -74,6 +78,7 @@ class Service:
             sleep=self.clock.sleep,
             now=self.clock.now,
             rand=self._rand,
+            stream_session=stream_session,
         )
         self.dispatcher = Dispatcher(
             self.store,
@@ -93,9 +98,23 @@ class Service:
             rand=self._rand,
             on_poll=self._polled,
         )
+        self.watcher: ProgressWatcher | None = None
+        if up.progress_stream:
+            self.watcher = ProgressWatcher(
+                self.client,
+                self.store,
+                subscribers=self.settings.subscribers,
+                max_streams=up.max_progress_streams,
+                clock=self.clock,
+                on_finished=lambda _: self.poller.request_scan(),
+                on_event=self.dispatcher.wake,
+                rand=self._rand,
+            )
         return self
 
     def _polled(self, result: PollResult) -> None:
+        if self.watcher is not None:
+            self.watcher.update(self.poller.pending)
         if result.deliveries:
             self.dispatcher.wake()
         if self._on_poll is not None:
@@ -103,9 +122,13 @@ class Service:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll and deliver until `stop` is set; in-flight deliveries get `timeout_s` to end."""
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self.poller.run(stop))
-            group.create_task(self.dispatcher.run(stop))
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.poller.run(stop))
+                group.create_task(self.dispatcher.run(stop))
+        finally:
+            if self.watcher is not None:
+                await self.watcher.close()
 
     async def __aexit__(
         self,
@@ -113,6 +136,8 @@ class Service:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self.watcher is not None:
+            await self.watcher.close()
         for session in self._sessions:
             await session.close()
         await self.store.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from bridge import __version__
 from bridge.errors import (
     UpstreamAuthError,
     UpstreamError,
+    UpstreamNotFound,
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
@@ -64,8 +65,11 @@ class MunsitClient:
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 15.0,
         rand: Callable[[], float] = random.random,
+        stream_session: aiohttp.ClientSession | None = None,
     ) -> None:
         self._session = session
+        # progress streams stay open for minutes: their own pool, so polls never queue behind
+        self._stream_session = stream_session or session
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -92,6 +96,43 @@ class MunsitClient:
             with attempt:
                 return await self._fetch_page(offset, limit)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    async def progress(self, record_id: str) -> AsyncIterator[dict[str, Any]]:
+        """The job's progress messages (`GET /denoise/{id}/progress`, Server-Sent Events)
+        until the server closes the stream. No retries here: the watcher reconnects."""
+        url = f"{self._base_url}/denoise/{record_id}/progress"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total)
+        try:
+            async with self._stream_session.get(
+                url,
+                headers={**self._headers(), "accept": "text/event-stream"},
+                timeout=timeout,
+                allow_redirects=False,
+            ) as resp:
+                if resp.status != 200:
+                    body = await resp.read()
+                    raise _status_error(
+                        resp.status, body, None, f"GET /denoise/{record_id}/progress"
+                    )
+                data: list[str] = []
+                async for raw in resp.content:
+                    line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                    if line.startswith("data:"):
+                        data.append(line[5:].removeprefix(" "))
+                    elif not line and data:
+                        message = _sse_json("\n".join(data))
+                        data.clear()
+                        if message is not None:
+                            yield message
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"progress stream of {record_id}: {_describe(exc)}") from exc
+
+    def _headers(self) -> dict[str, str]:
+        return {
+            "x-api-key": self._api_key.get_secret_value(),
+            "accept": "application/json",
+            "user-agent": f"munsit-bridge/{__version__}",
+        }
 
     def _wait(self, state: RetryCallState) -> float:
         n = state.attempt_number
@@ -122,11 +163,7 @@ class MunsitClient:
             async with self._session.get(
                 url,
                 params={"offset": offset, "limit": limit},
-                headers={
-                    "x-api-key": self._api_key.get_secret_value(),
-                    "accept": "application/json",
-                    "user-agent": f"munsit-bridge/{__version__}",
-                },
+                headers=self._headers(),
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
@@ -158,23 +195,37 @@ def _error_text(body: bytes) -> str:
     return body[:200].decode("utf-8", "replace")
 
 
-def _parse_list(status: int, body: bytes, retry_after: float | None, offset: int) -> list[Record]:
+def _sse_json(text: str) -> dict[str, Any] | None:
+    try:
+        message: Any = json.loads(text)
+    except ValueError:
+        log.warning("unreadable progress message ignored", data=text[:200])
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def _status_error(status: int, body: bytes, retry_after: float | None, what: str) -> UpstreamError:
+    """The error a non-200 answer means."""
     if status == 401:
-        raise UpstreamAuthError(
+        return UpstreamAuthError(
             f"API key rejected by Munsit (401 {_error_text(body)}): check upstream.api_key "
             "or MUNSIT_API_KEY",
             status=status,
         )
+    if status == 404:
+        return UpstreamNotFound(f"{what} answered 404: {_error_text(body)}", status=status)
     if status == 429 or status >= 500:
-        raise UpstreamUnavailable(
-            f"GET /denoise answered {status}: {_error_text(body)}",
+        return UpstreamUnavailable(
+            f"{what} answered {status}: {_error_text(body)}",
             status=status,
             retry_after_s=retry_after,
         )
+    return UpstreamProtocolError(f"{what} answered {status}: {_error_text(body)}", status=status)
+
+
+def _parse_list(status: int, body: bytes, retry_after: float | None, offset: int) -> list[Record]:
     if status != 200:
-        raise UpstreamProtocolError(
-            f"GET /denoise answered {status}: {_error_text(body)}", status=status
-        )
+        raise _status_error(status, body, retry_after, "GET /denoise")
     try:
         data: Any = json.loads(body)
     except ValueError as exc:

@@ -1,0 +1,158 @@
+"""Progress streams: hold `GET /denoise/{id}/progress` open for pending records, so a finished
+job triggers a scan at once and `processing` messages become throttled `denoise.progress`
+events. An accelerator only: polling alone stays correct without it."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from bridge.clock import Clock
+from bridge.config import SubscriberConfig
+from bridge.deliver.routing import route
+from bridge.errors import UpstreamAuthError, UpstreamError, UpstreamNotFound
+from bridge.models import PENDING, PROGRESS, Event, RecordState
+from bridge.store.base import ScanCommit, Store
+
+log = structlog.get_logger("bridge.progress")
+
+MIN_STEP_PCT = 10
+MIN_GAP_S = 5.0
+MAX_BACKOFF_S = 60.0
+
+
+class ProgressSource(Protocol):
+    def progress(self, record_id: str) -> AsyncIterator[dict[str, Any]]: ...
+
+
+@dataclass(slots=True)
+class _Last:
+    pct: int
+    at: float
+
+
+def progress_event_id(record_id: str, pct: int) -> str:
+    """Stable per (record, percentage): a replayed message never makes a second event."""
+    digest = hashlib.sha256(f"{record_id}\x00{PROGRESS}\x00{pct}".encode()).hexdigest()
+    return f"evt_{digest[:32]}"
+
+
+def should_emit(last: _Last | None, pct: int, now: float) -> bool:
+    """Throttle: the first message, then when pct moved ≥ 10 points or 5 s passed."""
+    if last is None:
+        return True
+    return pct >= last.pct + MIN_STEP_PCT or (pct > last.pct and now - last.at >= MIN_GAP_S)
+
+
+class ProgressWatcher:
+    """Keeps at most `max_streams` streams open, for the newest pending records."""
+
+    def __init__(
+        self,
+        source: ProgressSource,
+        store: Store,
+        *,
+        subscribers: Sequence[SubscriberConfig],
+        max_streams: int,
+        clock: Clock,
+        on_finished: Callable[[str], None],
+        on_event: Callable[[], None],
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._source = source
+        self._store = store
+        self._subscribers = list(subscribers)
+        self._max = max_streams
+        self._clock = clock
+        self._on_finished = on_finished
+        self._on_event = on_event
+        self._rand = rand
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._gave_up: set[str] = set()
+        self._last: dict[str, _Last] = {}
+        self._wants_progress = any(route(PROGRESS, self._subscribers))
+
+    @property
+    def watching(self) -> set[str]:
+        return set(self._tasks)
+
+    def update(self, pending: Sequence[RecordState]) -> None:
+        """Watch the newest pending records (newest first), stop watching the others."""
+        wanted = [p.id for p in pending if p.id not in self._gave_up][: self._max]
+        pending_ids = {p.id for p in pending}
+        self._gave_up &= pending_ids
+        for record_id in [r for r in self._last if r not in pending_ids]:
+            del self._last[record_id]
+        for record_id, task in list(self._tasks.items()):
+            if record_id not in wanted:
+                task.cancel()
+                del self._tasks[record_id]
+        for record_id in wanted:
+            if record_id not in self._tasks:
+                task = asyncio.create_task(self._watch(record_id), name=f"progress-{record_id}")
+                self._tasks[record_id] = task
+                task.add_done_callback(functools.partial(self._done, record_id))
+
+    def _done(self, record_id: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(record_id) is task:
+            del self._tasks[record_id]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("progress stream crashed", record_id=record_id, error=repr(task.exception()))
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _watch(self, record_id: str) -> None:
+        failures = 0
+        while True:
+            try:
+                async for message in self._source.progress(record_id):
+                    failures = 0
+                    stage = message.get("stage")
+                    if stage in ("done", "error"):
+                        log.info("progress stream reports the job finished", record_id=record_id)
+                        self._on_finished(record_id)
+                        return
+                    if stage == "processing":
+                        await self._progress(record_id, message)
+            except UpstreamNotFound:
+                self._gave_up.add(record_id)
+                log.info("no progress stream for this record (404)", record_id=record_id)
+                return
+            except UpstreamAuthError:
+                return  # the poller reports the rejected key
+            except UpstreamError as exc:
+                failures += 1
+                log.debug("progress stream dropped", record_id=record_id, error=str(exc))
+            delay = min(MAX_BACKOFF_S, 2.0 ** min(failures, 10)) * (0.5 + self._rand() / 2)
+            await self._clock.sleep(delay)
+
+    async def _progress(self, record_id: str, message: dict[str, Any]) -> None:
+        pct = message.get("pct")
+        if not self._wants_progress or not isinstance(pct, int | float):
+            return
+        now = self._clock.now()
+        if not should_emit(self._last.get(record_id), int(pct), now):
+            return
+        self._last[record_id] = _Last(int(pct), now)
+        data = {"id": record_id, "status": PENDING, "stage": "processing", "pct": int(pct)}
+        if isinstance(message.get("message"), str):
+            data["message"] = message["message"]
+        event = Event(
+            progress_event_id(record_id, int(pct)), PROGRESS, record_id, now, PENDING, data
+        )
+        await self._store.commit_scan(
+            ScanCommit(states=[], events=[(event, route(PROGRESS, self._subscribers))], now=now)
+        )
+        self._on_event()
