@@ -126,9 +126,11 @@ class Simulator:
         self._apply(job, status, error, at_ms=int(self.clock.now() * 1000))
 
     def remove(self, record_id: str) -> None:
-        self._job(record_id)
+        job = self._job(record_id)
         del self._jobs[record_id]
         self._order.remove(record_id)
+        for watcher in job.watchers:
+            watcher.set()  # its open progress streams end
 
     def inject_fault(
         self,
@@ -364,7 +366,7 @@ class Simulator:
         job.watchers.add(changed)
         try:
             last_message = self.clock.now()
-            while True:
+            while job.rec["id"] in self._jobs:
                 self._advance()
                 status = job.rec["status"]
                 if status in ("success", "failed"):
