@@ -150,8 +150,9 @@ async def scan(
     rule = StopRule(pending if sweep is None or sweep.reason == "full" else {})
     offset, at_end, truncated = 0, False, False
     last: Record | None = None
+    top_budget = max_pages - 1 if sweep is not None else max_pages  # a sweep always advances
     while True:
-        if pager.exhausted:
+        if pager.pages >= top_budget:
             truncated = True
             break
         page, known = await pager.fetch(offset)
@@ -181,7 +182,7 @@ async def scan(
             and r.created_at > newest_known
         )
         shifted = replace(sweep, offset=sweep.offset + inserted)
-        sweep, finished = await _advance(pager, shifted, realign=True)
+        sweep, finished = await _advance(pager, shifted, realign=page_size > 1)
 
     return ScanResult(
         rows=_newest_first(pager.rows.values()),

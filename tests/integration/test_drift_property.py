@@ -1,0 +1,170 @@
+"""Property: whatever interleaving of inserts, status changes and page fetches, every record
+gets one `created` event after the baseline and one terminal event — never a miss, never a
+duplicate. Drives the real simulator over HTTP and the real service on a SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridge.clock import FakeClock
+from bridge.detect.poller import PollResult
+from bridge.models import Record
+from bridge.service import Service
+from bridge.store.base import SWEEP
+from bridge.upstream.simulator import Simulator
+from tests.conftest import make_secret
+from tests.integration.helpers import settings_for
+
+STATUSES = st.sampled_from(["pending", "pending", "success", "failed"])
+OP = st.one_of(
+    st.tuples(st.just("insert"), STATUSES),
+    st.tuples(st.just("finish"), st.integers(0, 50), st.sampled_from(["success", "failed"])),
+    st.tuples(st.just("none")),
+)
+
+
+@dataclass
+class World:
+    """The ground truth the bridge is checked against."""
+
+    sim: Simulator
+    ops: Iterator[tuple[Any, ...]]
+    baseline_ids: set[str] | None = None
+    baseline_pending: set[str] = field(default_factory=set)
+    in_baseline: bool = True
+    finished_during_baseline: set[str] = field(default_factory=set)
+
+    def apply(self, op: tuple[Any, ...]) -> None:
+        if op[0] == "insert":
+            self.sim.add_records(1, status=op[1])
+        elif op[0] == "finish":
+            pending = [r["id"] for r in self.sim.records if r["status"] == "pending"]
+            if pending:
+                rid = pending[op[1] % len(pending)]
+                self.sim.set_status(rid, op[2], error="x" if op[2] == "failed" else None)
+                if self.in_baseline:
+                    self.finished_during_baseline.add(rid)
+
+
+class Interleaved:
+    """Runs the next operation before each page fetch: the list changes under the scan."""
+
+    def __init__(self, inner: Any, world: World) -> None:
+        self.inner, self.world = inner, world
+
+    async def list_page(self, offset: int, limit: int) -> list[Record]:
+        op = next(self.world.ops, None)
+        if op is not None:
+            self.world.apply(op)
+        if self.world.baseline_ids is None:
+            records = self.world.sim.records
+            self.world.baseline_ids = {r["id"] for r in records}
+            self.world.baseline_pending = {r["id"] for r in records if r["status"] == "pending"}
+        result: list[Record] = await self.inner.list_page(offset, limit)
+        return result
+
+
+async def scenario(
+    initial: list[str], ops: list[tuple[Any, ...]], page_size: int, max_pages: int
+) -> None:
+    clock = FakeClock()
+    sim = Simulator(api_key="test-key", clock=clock, processing_s=1e9)
+    for status in initial:
+        sim.add_records(1, status=status)
+    world = World(sim, iter(ops))
+    server = TestServer(sim.make_app())
+    await server.start_server()
+    events: list[Any] = []
+
+    def collect(result: PollResult) -> None:
+        events.extend(result.events)
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            config = settings_for(
+                str(server.make_url("")).rstrip("/"),
+                "http://127.0.0.1:9/hook",
+                make_secret(),
+                Path(tmp) / "b.db",
+                events=["denoise.*"],
+                upstream={
+                    "page_size": page_size,
+                    "max_pages_per_scan": max_pages,
+                    "progress_stream": False,
+                },
+            )
+            async with Service(config, clock=clock, on_poll=collect) as svc:
+                svc.poller._client = Interleaved(svc.client, world)
+                for _ in range(len(ops) + 60):
+                    await svc.poller.tick()
+                    if await svc.store.get_meta(SWEEP) is None:
+                        world.in_baseline = False
+                    exhausted = next(world.ops, None) is None
+                    if exhausted and not world.in_baseline:
+                        break
+                for _ in range(60):  # settle: no more changes upstream
+                    result = await svc.poller.tick()
+                    if not result.events and await svc.store.get_meta(SWEEP) is None:
+                        break
+                mark = await svc.store.get_meta("baseline_mark")
+    finally:
+        await server.close()
+    check(world, sim.records, events, mark or "")
+
+
+def check(world: World, records: list[dict[str, Any]], events: list[Any], mark: str) -> None:
+    assert world.baseline_ids is not None
+    counts = Counter((e.record_id, e.type) for e in events)
+    assert all(n == 1 for n in counts.values()), f"duplicates: {counts.most_common(3)}"
+    assert len({e.id for e in events}) == len(events)
+    for record in records:
+        rid, status = record["id"], record["status"]
+        terminal = {"success": "denoise.completed", "failed": "denoise.failed"}.get(status)
+        types = {t for (r, t) in counts if r == rid}
+        if rid in world.baseline_ids:
+            assert record["created_at"] <= mark, "a baseline record was announced as new"
+            assert "denoise.created" not in types
+            if rid in world.finished_during_baseline or terminal is None:
+                assert types <= ({terminal} if terminal else set())
+            elif rid in world.baseline_pending:
+                assert types == {terminal}, (rid, status, types)  # finished after the baseline
+            else:
+                assert types == set()  # already finished at the baseline
+        else:
+            assert record["created_at"] > mark
+            expected = {"denoise.created"} | ({terminal} if terminal else set())
+            assert types == expected, (rid, status, types)
+
+
+def test_baseline_records_pending_then_finished_get_their_terminal_event() -> None:
+    """The deterministic core of the property: a change after the baseline is always seen."""
+
+    finishes = [("finish", 0, "success"), ("insert", "pending"), ("finish", 3, "failed")] * 4
+    asyncio.run(scenario(["pending"] * 7 + ["success"] * 5, [("none",)] * 10 + finishes, 2, 3))
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    initial=st.lists(STATUSES, max_size=25),
+    ops=st.lists(OP, max_size=40),
+    page_size=st.integers(1, 6),
+    max_pages=st.integers(2, 8),
+)
+def test_no_event_is_missed_or_duplicated_under_drift(
+    initial: list[str], ops: list[tuple[Any, ...]], page_size: int, max_pages: int
+) -> None:
+    asyncio.run(scenario(initial, ops, page_size, max_pages))
