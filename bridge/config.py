@@ -105,7 +105,7 @@ class UpstreamConfig(_Section):
     progress_stream: bool = True
     max_progress_streams: int = Field(50, ge=1)
     full_scan_interval_s: float = Field(86400.0, ge=0)
-    max_pages_per_scan: int = Field(200, ge=2)
+    max_pages_per_scan: int = Field(200, ge=3)
     backfill: bool = False
 
     @field_validator("base_url")

@@ -150,7 +150,8 @@ async def scan(
     rule = StopRule(pending if sweep is None or sweep.reason == "full" else {})
     offset, at_end, truncated = 0, False, False
     last: Record | None = None
-    top_budget = max_pages - 1 if sweep is not None else max_pages  # a sweep always advances
+    # a sweep always gets two pages: one to re-align on its last record, one to advance
+    top_budget = max_pages - 2 if sweep is not None else max_pages
     while True:
         if pager.pages >= top_budget:
             truncated = True
@@ -182,7 +183,7 @@ async def scan(
             and r.created_at > newest_known
         )
         shifted = replace(sweep, offset=sweep.offset + inserted)
-        sweep, finished = await _advance(pager, shifted, realign=page_size > 1)
+        sweep, finished = await _advance(pager, shifted, realign=True)
 
     return ScanResult(
         rows=_newest_first(pager.rows.values()),
@@ -208,8 +209,8 @@ async def _advance(
     if realign:
         offset = max(0, offset - 1)
     for attempt in range(REALIGN_TRIES if realign else 0):
-        if pager.exhausted:
-            return sweep, None
+        if pager.exhausted:  # keep the re-alignment done so far for the next scan
+            return replace(sweep, offset=offset + 1), None
         page, _ = await pager.fetch(offset)
         aligned = bool(page) and (page[0].id == last_id or page[0].created_at > last_created)
         if aligned or offset == 0 or attempt == REALIGN_TRIES - 1:

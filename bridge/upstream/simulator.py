@@ -1,57 +1,46 @@
 """A faithful stand-in for the Munsit denoise API, with a control surface for tests and demos.
 
 It behaves as `munsit-api.md` documents: newest-first offset pagination, multipart upload
-validation, the progress event stream, `x-api-key` auth and Munsit's error bodies. Jobs
-advance pending → success/failed on the injected clock.
+validation, the progress event stream, `x-api-key` auth and Munsit's error bodies. Jobs go
+pending → success/failed lazily, on the injected clock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
 import heapq
-import json
+import math
 import random
-import uuid
 from collections import deque
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from bridge.clock import Clock, SystemClock, sleep_or_event
 from bridge.upstream import sim_media
+from bridge.upstream.sim_media import NOT_FOUND, Handler, Job, UnknownRecord, control, get
 
-CDN = "https://cdn.munsit.com"
 IDLE_CLOSE_S = 15 * 60
 FAULT_KINDS = ("429", "500", "502", "latency", "malformed", "non_array", "drop")
 ENDPOINTS = ("list", "submit", "progress")
+STATUSES = ("pending", "success", "failed")
 DECODE_ERROR = "Could not decode audio stream"
+_SAMPLE_FORMATS = ("wav", "mp3", "mp4", "flac", "m4a", "webm")
+_CLOSING = web.AppKey("closing", asyncio.Event)
+_UUID4_MASK = ~(0xC000 << 48 | 0xF000 << 64) & (1 << 128) - 1
+_UUID4_BITS = 0x8000 << 48 | 0x4000 << 64
 
 
-def _err(status: int, code: str | int, message: str) -> web.Response:
-    return web.json_response({"errorCode": code, "errorMessage": message}, status=status)
+class _Dropped(Exception):
+    """Raised by the `drop` fault; the middleware hangs up without answering."""
 
 
-def _iso_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + (
-        f".{ms % 1000:03d}Z"
-    )
-
-
-@dataclass
-class _Job:
-    rec: dict[str, Any]
-    ext: str
-    finish_at: float | None = None
-    fails: bool = False
-    watchers: set[asyncio.Event] = field(default_factory=set)
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Fault:
     kind: str
-    endpoint: str
     retry_after: str | None
     latency_s: float
 
@@ -74,63 +63,69 @@ class Simulator:
         self.processing_s = processing_s
         self.user_id = user_id
         self.max_upload_bytes = max_upload_bytes
-        self.balance: int | None = None
+        self.balance: int | None = None  # jobs the wallet can pay for; None: unlimited
         self.list_requests = 0
-        self.request_log: list[tuple[str, str, int]] = []
+        self.request_log: list[tuple[str, str, int]] = []  # status 0: dropped, no answer
         self._rand = random.Random(seed)
-        self._jobs: dict[str, _Job] = {}
-        self._order: list[str] = []  # oldest → newest
-        self._due: list[tuple[float, int, str]] = []
-        self._tick = 0
-        self._last_ms = 0
-        self._faults: deque[_Fault] = deque()
+        self._jobs: dict[str, Job] = {}
+        self._order: list[Job] = []  # oldest → newest; pages are read from the end
+        self._due: list[tuple[int, int, str]] = []  # (finish_ms, seq, id) of scheduled jobs
+        self._seq = 0
+        self._last_ms = -1
+        self._pending = 0
+        self._faults: dict[str, deque[_Fault]] = {}
         self._drift = (0, 0)
         self._extra: dict[str, Any] = {}
 
     # ---- control surface -------------------------------------------------------------
 
     def add_records(self, count: int, *, status: str = "success") -> list[dict[str, Any]]:
-        """Bulk-create records, oldest first; pending ones succeed after `processing_s`."""
-        now_ms = int(self.clock.now() * 1000)
+        """Bulk-create records 1 ms apart ending now; returned oldest first. Pending ones
+        succeed `processing_s` after their creation."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        now_ms = self._now_ms()
         created = []
         for i in range(count):
-            n = len(self._order) + 1
-            ext = ("wav", "mp3", "mp4", "flac")[n % 4]
-            job = self._new_job(
-                f"recording-{n:05d}.{ext}",
-                ext,
-                self._rand.randint(50_000, 20_000_000),
-                created_ms=now_ms - (count - 1 - i),
-            )
+            ext = _SAMPLE_FORMATS[self._seq % len(_SAMPLE_FORMATS)]
+            size = 50_000 + int(self._rand.random() * 13_950_000)  # < 15 min at 128 kbit/s
+            name = f"recording-{self._seq + 1:06d}.{ext}"
+            job = self._new_job(name, ext, size, sim_media.estimate_s(size), now_ms - count + 1 + i)
             if status == "pending":
                 self._schedule(job)
             else:
-                self._apply(job, status, None, at_ms=int(job.rec["created_at_ms"]))
+                self._apply(job, status, None, job.created_ms)
             created.append(self._public(job))
         return created
 
     def submit(self, file_name: str, data: bytes) -> dict[str, Any]:
         """Queue a job as `POST /denoise` does after validation; returns the record."""
         ext = sim_media.extension(file_name)
-        job = self._new_job(file_name, ext, len(data), duration=sim_media.duration_s(ext, data))
+        if sim_media.source_type(ext) is None:
+            raise ValueError(f"unsupported format {ext!r}")
+        duration = sim_media.duration_s(ext, data)
+        job = self._new_job(file_name, ext, len(data), duration, self._now_ms())
         job.fails = not sim_media.looks_like(ext, data)
         self._schedule(job)
         return self._public(job)
 
     def set_status(self, record_id: str, status: str, *, error: str | None = None) -> None:
-        """Set any status now (unknown ones too, to simulate schema drift)."""
+        """Set any status now (unknown ones too); the job's own outcome no longer happens."""
         job = self._job(record_id)
-        job.finish_at = None
-        if status == "pending":
-            self._schedule(job)
-        self._apply(job, status, error, at_ms=int(self.clock.now() * 1000))
+        job.finish_ms = None
+        self._apply(job, status, error, self._now_ms())
 
     def remove(self, record_id: str) -> None:
+        """Delete a record: later pages shift up by one."""
         job = self._job(record_id)
         del self._jobs[record_id]
-        self._order.remove(record_id)
-        for watcher in job.watchers:
-            watcher.set()  # its open progress streams end
+        del self._order[bisect.bisect_left(self._order, job.seq, key=lambda j: j.seq)]
+        if job.status == "pending":
+            self._pending -= 1
+        job.finish_ms = None
+        job.wake()
 
     def inject_fault(
         self,
@@ -141,15 +136,20 @@ class Simulator:
         latency_s: float = 0.0,
         endpoint: str = "list",
     ) -> None:
-        """The next `count` requests to `endpoint` (after auth) get this fault."""
+        """The next `count` authenticated requests to `endpoint` get this fault, in FIFO order."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r} (known: {', '.join(FAULT_KINDS)})")
         if endpoint not in ENDPOINTS:
             raise ValueError(f"unknown endpoint {endpoint!r} (known: {', '.join(ENDPOINTS)})")
-        self._faults.extend(_Fault(kind, endpoint, retry_after, latency_s) for _ in range(count))
+        if count < 0 or latency_s < 0:
+            raise ValueError("count and latency_s must be >= 0")
+        queue = self._faults.setdefault(endpoint, deque())
+        queue.extend(_Fault(kind, retry_after, latency_s) for _ in range(count))
 
     def drift(self, *, inserts_per_fetch: int, fetches: int) -> None:
         """After each of the next `fetches` list responses, insert new pending jobs on top."""
+        if inserts_per_fetch < 0 or fetches < 0:
+            raise ValueError("inserts_per_fetch and fetches must be >= 0")
         self._drift = (inserts_per_fetch, fetches)
 
     def add_field(self, name: str, value: Any) -> None:
@@ -160,321 +160,282 @@ class Simulator:
     def records(self) -> list[dict[str, Any]]:
         """Copies of every record, newest first, as the API would return them now."""
         self._advance()
-        return [self._public(self._jobs[rid]) for rid in reversed(self._order)]
+        return [self._public(job) for job in reversed(self._order)]
 
     # ---- job mechanics ---------------------------------------------------------------
 
+    def _now_ms(self) -> int:
+        # the microsecond of slack absorbs float error in clock arithmetic
+        return math.floor(self.clock.now() * 1000 + 1e-3)
+
+    def _uuid(self) -> str:
+        # what str(uuid.UUID(int=bits, version=4)) gives, several times faster
+        h = f"{self._rand.getrandbits(128) & _UUID4_MASK | _UUID4_BITS:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
     def _new_job(
-        self,
-        file_name: str,
-        ext: str,
-        size: int,
-        *,
-        created_ms: int | None = None,
-        duration: float | None = None,
-    ) -> _Job:
-        ms = max(
-            created_ms if created_ms is not None else int(self.clock.now() * 1000),
-            self._last_ms + 1,
-        )
+        self, file_name: str, ext: str, size: int, duration: float, created_ms: int
+    ) -> Job:
+        # created_at never repeats, so "newest first" is a strict order
+        ms = max(created_ms, self._last_ms + 1)
         self._last_ms = ms
-        rid = str(uuid.UUID(int=self._rand.getrandbits(128), version=4))
-        out_ext = "wav" if sim_media.source_type(ext) == "video" else ext
-        rec = {
-            "id": rid,
-            "user_id": self.user_id,
-            "transaction_id": str(uuid.UUID(int=self._rand.getrandbits(128), version=4)),
-            "audio_url": None,
-            "original_audio_url": f"{CDN}/uploads/{rid}.{ext}",
-            "file_name": file_name,
-            "audio_duration": duration if duration is not None else round(size * 8 / 128_000, 3),
-            "audio_size": size,
-            "audio_format": ext,
-            "source_type": sim_media.source_type(ext) or "audio",
-            "status": "pending",
-            "error": None,
-            "created_at": _iso_ms(ms),
-            "updated_at": _iso_ms(ms),
-            "created_at_ms": ms,
-            "_out_ext": out_ext,
-        }
-        job = _Job(rec, ext)
-        self._jobs[rid] = job
-        self._order.append(rid)
+        self._seq += 1
+        job = Job(self._seq, self._uuid(), self._uuid(), file_name, ext, size, duration, ms, ms)
+        self._jobs[job.id] = job
+        self._order.append(job)
+        self._pending += 1
         return job
 
-    def _schedule(self, job: _Job) -> None:
-        job.finish_at = job.rec["created_at_ms"] / 1000 + self.processing_s
-        if job.rec["status"] == "pending" and job.finish_at <= self.clock.now():
-            job.finish_at = self.clock.now() + self.processing_s  # re-queued by set_status
-        self._tick += 1
-        heapq.heappush(self._due, (job.finish_at, self._tick, job.rec["id"]))
+    def _schedule(self, job: Job) -> None:
+        job.finish_ms = job.created_ms + round(self.processing_s * 1000)
+        heapq.heappush(self._due, (job.finish_ms, job.seq, job.id))
 
-    def _apply(self, job: _Job, status: str, error: str | None, *, at_ms: int) -> None:
-        rec = job.rec
-        rec["status"] = status
-        rec["updated_at"] = _iso_ms(at_ms)
-        rec["audio_url"] = (
-            f"{CDN}/denoised/{rec['id']}.{rec['_out_ext']}" if status == "success" else None
-        )
-        rec["error"] = (error or DECODE_ERROR) if status == "failed" else None
-        for watcher in job.watchers:
-            watcher.set()
+    def _apply(self, job: Job, status: str, error: str | None, at_ms: int) -> None:
+        self._pending += (status == "pending") - (job.status == "pending")
+        job.status = status
+        job.updated_ms = max(at_ms, job.created_ms)
+        if status == "failed":
+            job.error = error or DECODE_ERROR
+        else:
+            job.error = None if status in STATUSES else error
+        job.wake()
 
     def _advance(self) -> None:
-        now = self.clock.now()
-        while self._due and self._due[0][0] <= now:
-            finish_at, _, rid = heapq.heappop(self._due)
+        now_ms = self._now_ms()
+        while self._due and self._due[0][0] <= now_ms:
+            finish_ms, _, rid = heapq.heappop(self._due)
             job = self._jobs.get(rid)
-            if job is None or job.finish_at != finish_at or job.rec["status"] != "pending":
-                continue
-            job.finish_at = None
-            self._apply(
-                job, "failed" if job.fails else "success", None, at_ms=int(finish_at * 1000)
-            )
+            if job is not None and job.finish_ms == finish_ms:
+                job.finish_ms = None
+                self._apply(job, "failed" if job.fails else "success", None, finish_ms)
 
-    def _job(self, record_id: str) -> _Job:
+    def _job(self, record_id: str) -> Job:
         job = self._jobs.get(record_id)
         if job is None:
-            raise KeyError(f"no record {record_id}")
+            raise UnknownRecord(record_id)
         return job
 
-    def _public(self, job: _Job) -> dict[str, Any]:
-        rec = {k: v for k, v in job.rec.items() if k not in ("created_at_ms", "_out_ext")}
-        rec.update(self._extra)
-        return rec
+    def _public(self, job: Job) -> dict[str, Any]:
+        record = job.record(self.user_id)
+        if self._extra:
+            record.update(self._extra)
+        return record
 
-    # ---- HTTP ------------------------------------------------------------------------
+    # ---- the API -----------------------------------------------------------------------
 
     def make_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._log_middleware])
+        """The API (`/denoise…`, key required) and the control routes (`/_sim/…`, no key)."""
+        app = web.Application(middlewares=[self._middleware])
+        app[_CLOSING] = asyncio.Event()
+        app.on_shutdown.append(_on_shutdown)
         app.router.add_get("/denoise", self._list)
         app.router.add_post("/denoise", self._submit)
         app.router.add_get("/denoise/{id}/progress", self._progress)
-        app.router.add_post("/_sim/records", self._ctl_records)
-        app.router.add_post("/_sim/records/{id}/status", self._ctl_status)
-        app.router.add_delete("/_sim/records/{id}", self._ctl_remove)
-        app.router.add_post("/_sim/faults", self._ctl_faults)
-        app.router.add_post("/_sim/drift", self._ctl_drift)
-        app.router.add_get("/_sim/stats", self._ctl_stats)
+        app.router.add_post("/_sim/records", control(self._ctl_records))
+        app.router.add_post("/_sim/records/{id}/status", control(self._ctl_status))
+        app.router.add_delete("/_sim/records/{id}", control(self._ctl_remove))
+        app.router.add_post("/_sim/faults", control(self._ctl_faults))
+        app.router.add_post("/_sim/drift", control(self._ctl_drift))
+        app.router.add_get("/_sim/stats", control(self._ctl_stats))
         return app
 
     @web.middleware
-    async def _log_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.startswith("/denoise"):
-            if request.headers.get("x-api-key") != self.api_key:
-                if request.method == "GET" and request.path == "/denoise":
-                    self.list_requests += 1
-                response: web.StreamResponse = _err(401, "40101", "Invalid or missing API key")
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if request.method == "GET" and path == "/denoise":
+            self.list_requests += 1
+        guarded = path == "/denoise" or path.startswith("/denoise/")
+        try:
+            if guarded and request.headers.get("x-api-key") != self.api_key:
+                response: web.StreamResponse = sim_media.error(
+                    401, "40101", "Invalid or missing API key"
+                )
             else:
                 response = await handler(request)
-        else:
-            response = await handler(request)
+        except _Dropped:
+            self.request_log.append((request.method, request.path_qs, 0))
+            if request.transport is not None:
+                request.transport.close()
+            # never sent: aiohttp finds the transport closed and lets it go quietly (444 is
+            # nginx's "closed without response", for the access log)
+            return web.Response(status=444)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = sim_media.error(exc.status, f"{exc.status}00", exc.reason)
+            if "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
         self.request_log.append((request.method, request.path_qs, response.status))
         return response
 
     async def _fault(self, request: web.Request, endpoint: str) -> web.StreamResponse | None:
-        fault = next((f for f in self._faults if f.endpoint == endpoint), None)
-        if fault is None:
+        queue = self._faults.get(endpoint)
+        if not queue:
             return None
-        self._faults.remove(fault)
+        fault = queue.popleft()
         if fault.kind == "latency":
-            await self.clock.sleep(fault.latency_s)
+            await sleep_or_event(self.clock, fault.latency_s, request.app[_CLOSING])
             return None
-        if fault.kind == "429":
-            response = _err(429, 42901, "Too many concurrent requests")
-            if fault.retry_after is not None:
-                response.headers["Retry-After"] = fault.retry_after
-            return response
-        if fault.kind == "500":
-            return _err(500, "50001", "Internal server error")
-        if fault.kind == "502":
-            return _err(502, "50202", "Upstream error")
-        if fault.kind == "malformed":
-            return web.Response(body=b'[{"id": "0b7c', content_type="application/json")
-        if fault.kind == "non_array":
-            return web.json_response({"data": [], "message": "unexpected"})
-        # drop: close the connection without answering
-        if request.transport is not None:
-            request.transport.close()
-        raise asyncio.CancelledError
+        if fault.kind == "drop":
+            raise _Dropped
+        return sim_media.fault_response(fault.kind, fault.retry_after)
 
     async def _list(self, request: web.Request) -> web.StreamResponse:
-        self.list_requests += 1
-        fault = await self._fault(request, "list")
-        if fault is not None:
-            return fault
+        if (faulty := await self._fault(request, "list")) is not None:
+            return faulty
         try:
-            offset = _int_param(request, "offset", 0, minimum=0) or 0
-            limit = _int_param(request, "limit", None, minimum=1)
+            offset = sim_media.query_int(request, "offset", minimum=0) or 0
+            limit = sim_media.query_int(request, "limit", minimum=1)
         except ValueError as exc:
-            return _err(400, "40005", str(exc))
+            return sim_media.error(400, "40005", str(exc))
         self._advance()
-        top = len(self._order) - 1 - offset
-        bottom = -1 if limit is None else max(-1, top - limit)
-        body = [self._public(self._jobs[self._order[i]]) for i in range(top, bottom, -1)]
-        per_fetch, fetches = self._drift
+        hi = len(self._order) - offset
+        lo = 0 if limit is None else max(0, hi - limit)
+        body = [self._public(job) for job in reversed(self._order[lo:hi])] if hi > 0 else []
+        inserts, fetches = self._drift
         if fetches > 0:
-            self._drift = (per_fetch, fetches - 1)
-            self.add_records(per_fetch, status="pending")
+            self._drift = (inserts, fetches - 1)
+            self.add_records(inserts, status="pending")
         return web.json_response(body)
 
     async def _submit(self, request: web.Request) -> web.StreamResponse:
-        fault = await self._fault(request, "submit")
-        if fault is not None:
-            return fault
-        missing = _err(400, "40001", "audio is required and must be a file")
-        if not request.content_type.startswith("multipart/"):
+        if (faulty := await self._fault(request, "submit")) is not None:
+            return faulty
+        missing = sim_media.error(400, "40001", "audio is required and must be a file")
+        if request.content_type != "multipart/form-data":
             return missing
-        reader = await request.multipart()
-        async for part in reader:
-            if getattr(part, "name", None) != "audio" or not getattr(part, "filename", None):
-                continue
-            name = str(part.filename)  # type: ignore[union-attr]
-            ext = sim_media.extension(name)
-            if sim_media.source_type(ext) is None:
-                allowed = ", ".join(sim_media.AUDIO_FORMATS + sim_media.VIDEO_FORMATS)
-                return _err(400, "40002", f"Unsupported file format '{ext}'. Allowed: {allowed}")
-            data = bytearray()
-            while chunk := await part.read_chunk(65536):  # type: ignore[union-attr]
-                data += chunk
-                if len(data) > self.max_upload_bytes:
-                    mb = self.max_upload_bytes // (1024 * 1024)
-                    return _err(400, "40003", f"File exceeds the {mb} MB limit")
-            if sim_media.duration_s(ext, bytes(data)) > sim_media.MAX_DURATION_S:
-                return _err(400, "40004", "Audio duration exceeds the 15 minute limit")
-            if self.balance is not None:
-                if self.balance <= 0:
-                    return _err(402, "40201", "Insufficient wallet balance")
-                self.balance -= 1
-            rec = self.submit(name, bytes(data))
-            return web.json_response({"jobId": rec["id"], "denoiseId": rec["id"]})
+        try:
+            async for part in await request.multipart():
+                if isinstance(part, BodyPartReader) and part.name == "audio":
+                    return await self._upload(part) if part.filename else missing
+        except ValueError:  # a malformed multipart body
+            return missing
         return missing
 
+    async def _upload(self, part: BodyPartReader) -> web.StreamResponse:
+        upload = await sim_media.read_upload(part, self.max_upload_bytes)
+        if isinstance(upload, web.Response):
+            return upload
+        name, data = upload
+        if self.balance is not None:
+            if self.balance <= 0:
+                return sim_media.error(402, "40201", "Insufficient wallet balance")
+            self.balance -= 1
+        record = self.submit(name, data)
+        return web.json_response({"jobId": record["id"], "denoiseId": record["id"]})
+
     async def _progress(self, request: web.Request) -> web.StreamResponse:
-        fault = await self._fault(request, "progress")
-        if fault is not None:
-            return fault
+        if (faulty := await self._fault(request, "progress")) is not None:
+            return faulty
+        self._advance()
         job = self._jobs.get(request.match_info["id"])
         if job is None:
-            return _err(404, "40401", "Denoise record not found")
+            return sim_media.error(404, *NOT_FOUND)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
         changed = asyncio.Event()
+        job.watchers = job.watchers or set()
         job.watchers.add(changed)
         try:
-            last_message = self.clock.now()
-            while job.rec["id"] in self._jobs:
-                self._advance()
-                status = job.rec["status"]
-                if status in ("success", "failed"):
-                    await _send(response, self._terminal_message(job))
-                    break
-                if status == "pending" and job.finish_at is not None:
-                    started = job.finish_at - self.processing_s
-                    done = (self.clock.now() - started) / self.processing_s
-                    pct = max(0, min(99, int(done * 100)))
-                    await _send(
-                        response, {"stage": "processing", "pct": pct, "message": "Denoising"}
-                    )
-                    last_message = self.clock.now()
-                elif self.clock.now() - last_message >= IDLE_CLOSE_S:
-                    break
-                changed.clear()
-                await sleep_or_event(self.clock, max(self.processing_s / 5, 0.01), changed)
+            with contextlib.suppress(ConnectionResetError):  # the client went away
+                await self._stream(request, response, job, changed)
         finally:
             job.watchers.discard(changed)
         return response
 
-    def _terminal_message(self, job: _Job) -> dict[str, Any]:
-        rec = job.rec
-        if rec["status"] == "success":
-            return {"stage": "done", "url": rec["audio_url"], "denoiseId": rec["id"]}
-        return {"stage": "error", "message": rec["error"]}
+    async def _stream(
+        self, request: web.Request, response: web.StreamResponse, job: Job, changed: asyncio.Event
+    ) -> None:
+        closing = request.app[_CLOSING]
+        step = max(self.processing_s / 5, 0.001)
+        last_pct: int | None = None
+        last_sent = self.clock.now()
+        while not closing.is_set() and self._jobs.get(job.id) is job:
+            if request.transport is None or request.transport.is_closing():
+                return
+            changed.clear()
+            self._advance()
+            now, status = self.clock.now(), job.status
+            if status in ("success", "failed"):
+                await sim_media.send_event(response, job.terminal_message())
+                return
+            if status == "pending":
+                pct = max(self._pct(job, now), last_pct or 0)
+                if pct != last_pct:
+                    await sim_media.send_event(
+                        response, {"stage": "processing", "pct": pct, "message": "Denoising"}
+                    )
+                    last_pct, last_sent = pct, now
+            delay = last_sent + IDLE_CLOSE_S - now
+            if delay <= 0:
+                return
+            if status == "pending" and job.finish_ms is not None:  # the next pct, or the end
+                delay = min(delay, step, max(job.finish_ms / 1000 - now, 1e-6))
+            await sleep_or_event(self.clock, delay, changed, closing)
 
-    # ---- control routes --------------------------------------------------------------
+    def _pct(self, job: Job, now: float) -> int:
+        if job.finish_ms is None:
+            return 0
+        span = job.finish_ms - job.created_ms
+        done = (now * 1000 - job.created_ms) / span if span > 0 else 1.0
+        return max(0, min(99, math.floor(done * 100 + 1e-6)))
+
+    # ---- control routes (no key; ValueError → 400, unknown id → 404) ------------------
 
     async def _ctl_records(self, request: web.Request) -> web.StreamResponse:
-        body = await _json_body(request)
-        count, status = body.get("count", 1), body.get("status", "success")
-        if not isinstance(count, int) or count < 1 or not isinstance(status, str):
-            return web.json_response({"error": "count must be an integer >= 1"}, status=400)
+        body = await sim_media.json_object(request)
+        count = get(body, "count", (int,), "an integer >= 1", 1)
+        if count < 1:
+            raise ValueError("count must be an integer >= 1")
+        status = get(body, "status", (str,), "a string", "success")
         return web.json_response(self.add_records(count, status=status))
 
     async def _ctl_status(self, request: web.Request) -> web.StreamResponse:
-        body = await _json_body(request)
-        if not isinstance(body.get("status"), str):
-            return web.json_response({"error": "status is required"}, status=400)
-        try:
-            self.set_status(request.match_info["id"], body["status"], error=body.get("error"))
-        except KeyError as exc:
-            return web.json_response({"error": str(exc.args[0])}, status=404)
-        return web.json_response(self._public(self._jobs[request.match_info["id"]]))
+        body = await sim_media.json_object(request)
+        status = get(body, "status", (str,), "a string")
+        error = get(body, "error", (str, type(None)), "a string or null", None)
+        record_id = request.match_info["id"]
+        self.set_status(record_id, status, error=error)
+        return web.json_response(self._public(self._jobs[record_id]))
 
     async def _ctl_remove(self, request: web.Request) -> web.StreamResponse:
-        try:
-            self.remove(request.match_info["id"])
-        except KeyError as exc:
-            return web.json_response({"error": str(exc.args[0])}, status=404)
+        self.remove(request.match_info["id"])
         return web.json_response({"removed": request.match_info["id"]})
 
     async def _ctl_faults(self, request: web.Request) -> web.StreamResponse:
-        body = await _json_body(request)
-        try:
-            self.inject_fault(
-                str(body.get("kind")),
-                count=int(body.get("count", 1)),
-                retry_after=body.get("retry_after"),
-                latency_s=float(body.get("latency_s", 0.0)),
-                endpoint=str(body.get("endpoint", "list")),
-            )
-        except (ValueError, TypeError) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response({"queued": len(self._faults)})
+        body = await sim_media.json_object(request)
+        retry_after = get(body, "retry_after", (str, int, type(None)), "a string or int", None)
+        self.inject_fault(
+            get(body, "kind", (str,), "a string"),
+            count=get(body, "count", (int,), "an integer", 1),
+            retry_after=None if retry_after is None else str(retry_after),
+            latency_s=float(get(body, "latency_s", (int, float), "a number", 0.0)),
+            endpoint=get(body, "endpoint", (str,), "a string", "list"),
+        )
+        return web.json_response({"queued": sum(len(q) for q in self._faults.values())})
 
     async def _ctl_drift(self, request: web.Request) -> web.StreamResponse:
-        body = await _json_body(request)
-        per_fetch, fetches = body.get("inserts_per_fetch"), body.get("fetches")
-        if not isinstance(per_fetch, int) or not isinstance(fetches, int) or per_fetch < 0:
-            return web.json_response(
-                {"error": "inserts_per_fetch and fetches are integers"}, status=400
-            )
-        self.drift(inserts_per_fetch=per_fetch, fetches=fetches)
-        return web.json_response({"inserts_per_fetch": per_fetch, "fetches": fetches})
+        body = await sim_media.json_object(request)
+        inserts = get(body, "inserts_per_fetch", (int,), "an integer")
+        fetches = get(body, "fetches", (int,), "an integer")
+        self.drift(inserts_per_fetch=inserts, fetches=fetches)
+        return web.json_response({"inserts_per_fetch": inserts, "fetches": fetches})
 
     async def _ctl_stats(self, request: web.Request) -> web.StreamResponse:
         self._advance()
-        pending = sum(1 for j in self._jobs.values() if j.rec["status"] == "pending")
         return web.json_response(
-            {"records": len(self._order), "pending": pending, "list_requests": self.list_requests}
+            {
+                "records": len(self._order),
+                "pending": self._pending,
+                "list_requests": self.list_requests,
+            }
         )
 
 
-def _int_param(request: web.Request, name: str, default: int | None, *, minimum: int) -> int | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer >= {minimum}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}")
-    return value
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json() if request.can_read_body else {}
-    except json.JSONDecodeError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
-async def _send(response: web.StreamResponse, message: dict[str, Any]) -> None:
-    await response.write(f"data: {json.dumps(message)}\n\n".encode())
+async def _on_shutdown(app: web.Application) -> None:
+    app[_CLOSING].set()  # ends open progress streams and latency waits, so shutdown is quick
 
 
 async def serve(
@@ -487,14 +448,15 @@ async def serve(
     sim.add_records(pending, status="pending")
     runner = web.AppRunner(sim.make_app(), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    port = runner.addresses[0][1]
-    print(
-        f"Munsit simulator on http://{host}:{port} (x-api-key: {api_key}), {jobs} records; "
-        "control routes under /_sim/",
-        flush=True,
-    )
     try:
+        await web.TCPSite(runner, host, port).start()
+        bound = runner.addresses[0][1]
+        shown = f"[{host}]" if ":" in host else host
+        print(
+            f"Munsit simulator on http://{shown}:{bound} (x-api-key: {api_key}), {jobs} records;"
+            " control routes under /_sim/",
+            flush=True,
+        )
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
