@@ -4,6 +4,7 @@ wait an adaptive interval, or less when a progress stream says a job finished.""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,14 @@ from bridge.detect.diff import Change, build_events, diff
 from bridge.detect.scan import ListPages, Sweep, scan
 from bridge.errors import StoreError, UpstreamAuthError, UpstreamError, UpstreamUnavailable
 from bridge.models import Event, Record, RecordState
-from bridge.store.base import BASELINE_MARK, LAST_FULL_SCAN, SWEEP, ScanCommit, Store
+from bridge.store.base import (
+    BASELINE_MARK,
+    BASELINE_TIES,
+    LAST_FULL_SCAN,
+    SWEEP,
+    ScanCommit,
+    Store,
+)
 
 log = structlog.get_logger("bridge.poll")
 
@@ -39,6 +47,15 @@ class PollResult:
     events: list[Event]
     deliveries: int
     truncated: bool
+
+
+def announcer(mark: str, ties: Sequence[str], *, backfill: bool) -> Callable[[Record], bool]:
+    """Whether a first-seen record is new: created after the newest record of the baseline
+    (`mark`, with the ids that share its timestamp in `ties`). With backfill, all are."""
+    if backfill:
+        return lambda _: True
+    baseline_ties = frozenset(ties)
+    return lambda r: r.created_at > mark or (r.created_at == mark and r.id not in baseline_ties)
 
 
 class Poller:
@@ -83,6 +100,7 @@ class Poller:
         """One poll. Raises on upstream or store errors, having changed nothing."""
         now = self._clock.now()
         mark = await self._store.get_meta(BASELINE_MARK)
+        ties = json.loads(await self._store.get_meta(BASELINE_TIES) or "[]")
         sweep = Sweep.loads(await self._store.get_meta(SWEEP))
         meta: dict[str, str | None] = {}
         if sweep is None and await self._full_scan_due(now):
@@ -100,9 +118,14 @@ class Poller:
         baseline = mark is None
         if mark is None:
             mark = max((r.created_at for r in result.rows), default="")
-            meta[BASELINE_MARK] = mark
+            ties = [r.id for r in result.rows if r.created_at == mark]
+            meta[BASELINE_MARK], meta[BASELINE_TIES] = mark, json.dumps(ties)
             meta.setdefault(LAST_FULL_SCAN, repr(now))
-        changes = diff(result.previous, result.rows, announce=self._announcer(mark))
+        changes = diff(
+            result.previous,
+            result.rows,
+            announce=announcer(mark, ties, backfill=self._upstream.backfill),
+        )
         events = build_events(changes, now=now)
         meta[SWEEP] = result.sweep.dumps() if result.sweep else None
         for record_id in result.vanished:
@@ -150,13 +173,6 @@ class Poller:
         if self._on_poll is not None:
             self._on_poll(poll)
         return poll
-
-    def _announcer(self, mark: str) -> Callable[[Record], bool]:
-        """New records created after the baseline are announced; older ones only with
-        `upstream.backfill`."""
-        if self._upstream.backfill:
-            return lambda _: True
-        return lambda record: record.created_at > mark
 
     async def _full_scan_due(self, now: float) -> bool:
         if self._full_requested:

@@ -13,6 +13,7 @@ from bridge.models import Attempt, Delivery, DeliveryState, DeliveryView, Event,
 
 # meta keys
 BASELINE_MARK = "baseline_mark"  # created_at of the newest record of the first scan
+BASELINE_TIES = "baseline_ties"  # ids of the baseline records created at that same instant
 SWEEP = "sweep"  # position of an unfinished deep scan (JSON)
 LAST_FULL_SCAN = "last_full_scan_at"  # unix time the last reconciliation scan started
 

@@ -90,3 +90,15 @@ def test_event_id_differs_by_type_and_record() -> None:
     ids = {event_id(r, t) for r in ("a", "b") for t in ("denoise.created", "denoise.completed")}
     assert len(ids) == 4
     assert event_id("a", "denoise.created") == event_id("a", "denoise.created")
+
+
+def test_announcer_uses_the_baseline_mark_and_its_ties() -> None:
+    from bridge.detect.poller import announcer
+
+    mark = "2026-01-01T00:00:05.000Z"
+    new = announcer(mark, ["base"], backfill=False)
+    assert not new(rec("old", "success", "2026-01-01T00:00:04.999Z"))
+    assert not new(rec("base", "success", mark))
+    assert new(rec("twin", "success", mark))  # created in the same millisecond, after baseline
+    assert new(rec("later", "pending", "2026-01-01T00:00:05.001Z"))
+    assert announcer(mark, [], backfill=True)(rec("old", "success", "2020-01-01T00:00:00.000Z"))
