@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,19 @@ async def settle(until: Callable[[], bool]) -> None:
     raise AssertionError("I/O did not settle")
 
 
+@contextlib.asynccontextmanager
+async def running(settings: Settings, **kwargs: Any) -> AsyncIterator[Service]:
+    """The whole service running in the background, stopped on exit."""
+    stop = asyncio.Event()
+    async with Service(settings, **kwargs) as svc:
+        runner = asyncio.create_task(svc.run(stop))
+        try:
+            yield svc
+        finally:
+            stop.set()
+            await runner
+
+
 def build(urls: tuple[str, str], secret: str, tmp_path: Path, **kwargs: Any) -> Settings:
     upstream = {"poll_interval_s": 60, "idle_poll_interval_s": 60, "progress_stream": True}
     upstream.update(kwargs.pop("upstream", {}))
@@ -101,16 +115,12 @@ async def test_completion_arrives_after_one_debounce_with_a_60s_interval(
     tmp_path: Path,
 ) -> None:
     [job] = sim.add_records(1, status="pending")
-    stop = asyncio.Event()
-    async with Service(build(urls, secret, tmp_path), clock=clock, rand=lambda: 0.5) as svc:
-        runner = asyncio.create_task(svc.run(stop))
+    async with running(build(urls, secret, tmp_path), clock=clock, rand=lambda: 0.5) as svc:
         await step(clock, 5, lambda: svc.watcher is not None and bool(svc.watcher.watching))
         polls_before = sim.list_requests
         sim.set_status(job["id"], "success")
         await settle(lambda: not svc.watcher.watching)  # type: ignore[union-attr]
         took = await step(clock, 5, lambda: bool(receiver.requests))
-        stop.set()
-        await runner
     assert took < 10.0  # a debounce and the I/O, not the 60 s interval
     assert sim.list_requests == polls_before + 1  # exactly one extra scan
     body = Webhook(secret).verify(receiver.requests[0].body, receiver.requests[0].headers)
@@ -126,17 +136,13 @@ async def test_a_burst_of_completions_costs_one_scan(
     tmp_path: Path,
 ) -> None:
     jobs = sim.add_records(5, status="pending")
-    stop = asyncio.Event()
-    async with Service(build(urls, secret, tmp_path), clock=clock) as svc:
-        runner = asyncio.create_task(svc.run(stop))
+    async with running(build(urls, secret, tmp_path), clock=clock) as svc:
         await step(clock, 5, lambda: svc.watcher is not None and len(svc.watcher.watching) == 5)
         before = sim.list_requests
         for job in jobs:
             sim.set_status(job["id"], "failed", error="x")
         await settle(lambda: not svc.watcher.watching)  # type: ignore[union-attr]
         await step(clock, 5, lambda: len(receiver.requests) == 5)
-        stop.set()
-        await runner
     assert sim.list_requests == before + 1
 
 
@@ -150,12 +156,8 @@ async def test_progress_events_only_for_explicit_subscribers_and_throttled(
 ) -> None:
     [job] = sim.add_records(1, status="pending")
     settings = build(urls, secret, tmp_path, events=["denoise.progress", "denoise.completed"])
-    stop = asyncio.Event()
-    async with Service(settings, clock=clock) as svc:
-        runner = asyncio.create_task(svc.run(stop))
+    async with running(settings, clock=clock):
         await step(clock, 40, lambda: any("completed" in r.body for r in receiver.requests), dt=0.5)
-        stop.set()
-        await runner
     bodies = [Webhook(secret).verify(r.body, r.headers) for r in receiver.requests]
     progress = [b for b in bodies if b["type"] == "denoise.progress"]
     assert 2 <= len(progress) <= 11
@@ -174,12 +176,8 @@ async def test_glob_subscribers_get_no_progress(
     tmp_path: Path,
 ) -> None:
     sim.add_records(1, status="pending")
-    stop = asyncio.Event()
-    async with Service(build(urls, secret, tmp_path, events=["denoise.*"]), clock=clock) as svc:
-        runner = asyncio.create_task(svc.run(stop))
+    async with running(build(urls, secret, tmp_path, events=["denoise.*"]), clock=clock):
         await step(clock, 40, lambda: any("completed" in r.body for r in receiver.requests), dt=0.5)
-        stop.set()
-        await runner
     assert not any("denoise.progress" in r.body for r in receiver.requests)
 
 
