@@ -13,6 +13,7 @@ from bridge.clock import Clock, SystemClock
 from bridge.config import Settings
 from bridge.deliver.dispatcher import Dispatcher, Sent
 from bridge.deliver.formats import SUPPORTED_FORMATS
+from bridge.deliver.guard import guarded_socket_factory
 from bridge.detect.poller import Poller, PollResult
 from bridge.detect.progress import ProgressWatcher
 from bridge.errors import ConfigError
@@ -66,8 +67,14 @@ class Service:
         stream_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=up.max_progress_streams)
         )
+        delivery = self.settings.delivery
         delivery_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.settings.delivery.max_in_flight)
+            connector=aiohttp.TCPConnector(
+                limit=delivery.max_in_flight,
+                socket_factory=None
+                if delivery.allow_private_destinations
+                else guarded_socket_factory(),
+            )
         )
         self._sessions = [upstream_session, stream_session, delivery_session]
         self.client = MunsitClient(

@@ -207,6 +207,8 @@ class Dispatcher:
                         error += " (redirects are not followed)"
         except TimeoutError:
             error = f"timed out after {self._config.timeout_s} s"
+        except aiohttp.ClientConnectorError as exc:
+            error = f"cannot connect to {exc.host}:{exc.port}: {exc.os_error}"
         except aiohttp.ClientError as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return Attempt(
