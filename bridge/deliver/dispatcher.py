@@ -18,6 +18,7 @@ from bridge.deliver.formats import render
 from bridge.deliver.signing import USER_AGENT, Signer
 from bridge.errors import StoreError
 from bridge.models import Attempt, Delivery, DeliveryState
+from bridge.retry_after import parse_retry_after
 from bridge.store.base import Store
 
 log = structlog.get_logger("bridge.deliver")
@@ -143,7 +144,7 @@ class Dispatcher:
         sub = self._subs[delivery.subscriber_id]
         body = render(delivery.event, sub.format)
         attempt_no = delivery.attempts + 1
-        attempt = await self._post(sub, delivery.event.id, body)
+        attempt, retry_after_s = await self._post(sub, delivery.event.id, body)
         outcome = policy.decide(
             attempt.status_code,
             attempts_done=attempt_no,
@@ -151,6 +152,7 @@ class Dispatcher:
             schedule_s=self._config.retry_schedule_s,
             jitter=self._config.jitter,
             rand=self._rand,
+            retry_after_s=retry_after_s,
         )
         kept = await self._store.finish_attempt(delivery, attempt, outcome)
         fields = {
@@ -178,7 +180,10 @@ class Dispatcher:
         if self._on_sent is not None and kept:
             self._on_sent(Sent(delivery, attempt, outcome.state))
 
-    async def _post(self, sub: SubscriberConfig, msg_id: str, body: str) -> Attempt:
+    async def _post(
+        self, sub: SubscriberConfig, msg_id: str, body: str
+    ) -> tuple[Attempt, float | None]:
+        """One attempt, and the `Retry-After` it was answered with (seconds), if any."""
         attempted_at = self._clock.now()
         timestamp = int(attempted_at)
         headers = {
@@ -191,6 +196,7 @@ class Dispatcher:
         status: int | None = None
         excerpt = b""
         error: str | None = None
+        retry_after_s: float | None = None
         try:
             async with self._session.post(
                 sub.url,
@@ -200,6 +206,7 @@ class Dispatcher:
                 allow_redirects=False,
             ) as resp:
                 status = resp.status
+                retry_after_s = parse_retry_after(resp.headers.get("Retry-After"), now=attempted_at)
                 excerpt = await resp.content.read(EXCERPT_BYTES)
                 if status >= 300:
                     error = f"HTTP {status}"
@@ -211,10 +218,11 @@ class Dispatcher:
             error = f"cannot connect to {exc.host}:{exc.port}: {exc.os_error}"
         except aiohttp.ClientError as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        return Attempt(
+        attempt = Attempt(
             attempted_at=attempted_at,
             status_code=status,
             latency_ms=(time.perf_counter() - started) * 1000,
             error=error,
             response_excerpt=excerpt.decode("utf-8", "ignore"),
         )
+        return attempt, retry_after_s

@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from bridge.models import DeliveryState
 from bridge.store.base import AttemptOutcome
 
+MAX_RETRY_AFTER_S = 3600.0
+
 
 def is_success(status_code: int | None) -> bool:
     """Any 2xx. Redirects are never followed, so 3xx is a failure like every other code."""
@@ -35,12 +37,16 @@ def decide(
     schedule_s: Sequence[float],
     jitter: float,
     rand: Callable[[], float] = random.random,
+    retry_after_s: float | None = None,
 ) -> AttemptOutcome:
     """Where a delivery stands after its `attempts_done`-th attempt got `status_code`
-    (None: no response: timeout, connection or TLS error)."""
+    (None: no response: timeout, connection or TLS error). On 429 and 503 a `Retry-After`
+    longer than the scheduled delay wins, capped at an hour."""
     if is_success(status_code):
         return AttemptOutcome(DeliveryState.DELIVERED)
     delay = retry_delay_s(attempts_done, schedule_s, jitter, rand)
     if delay is None:
         return AttemptOutcome(DeliveryState.FAILED)
+    if status_code in (429, 503) and retry_after_s is not None:
+        delay = max(delay, min(retry_after_s, MAX_RETRY_AFTER_S))
     return AttemptOutcome(DeliveryState.PENDING, next_attempt_at=now + delay)

@@ -6,7 +6,6 @@ import asyncio
 import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -23,26 +22,11 @@ from bridge.errors import (
     UpstreamUnavailable,
 )
 from bridge.models import KNOWN_STATUSES, Record
+from bridge.retry_after import parse_retry_after
 
 log = structlog.get_logger("bridge.upstream")
 
 Sleep = Callable[[float], Awaitable[None]]
-
-
-def parse_retry_after(value: str | None, *, now: float) -> float | None:
-    """`Retry-After` as seconds from `now`: delay-seconds or an HTTP date; None if absent/bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 class MunsitClient:

@@ -14,7 +14,8 @@ from pydantic import SecretStr
 
 from bridge.clock import FakeClock, SystemClock
 from bridge.errors import UpstreamAuthError, UpstreamProtocolError, UpstreamUnavailable
-from bridge.upstream.client import MunsitClient, parse_retry_after
+from bridge.retry_after import parse_retry_after
+from bridge.upstream.client import MunsitClient
 from bridge.upstream.simulator import Simulator
 
 ServerFactory = Callable[..., Any]

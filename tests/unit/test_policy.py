@@ -61,3 +61,30 @@ def test_decide_success_failure_and_dead_letter() -> None:
     assert dead.state is DeliveryState.FAILED and dead.next_attempt_at is None
     redirect = decide(302, attempts_done=1, now=0.0, schedule_s=SCHEDULE, jitter=0.0)
     assert redirect.state is DeliveryState.PENDING
+
+
+@pytest.mark.parametrize(
+    ("code", "retry_after", "expected_delay"),
+    [
+        (429, 120.0, 120.0),  # longer than the schedule: honoured
+        (503, 600.0, 600.0),
+        (429, 2.0, 5.0),  # shorter: the schedule wins
+        (429, 7200.0, 3600.0),  # capped at an hour
+        (500, 120.0, 5.0),  # only 429 and 503 carry a meaningful Retry-After
+        (429, None, 5.0),
+    ],
+)
+def test_retry_after_on_429_and_503(
+    code: int, retry_after: float | None, expected_delay: float
+) -> None:
+    outcome = decide(
+        code, attempts_done=1, now=0.0, schedule_s=SCHEDULE, jitter=0.0, retry_after_s=retry_after
+    )
+    assert outcome.next_attempt_at == expected_delay
+
+
+def test_retry_after_never_revives_an_exhausted_delivery() -> None:
+    outcome = decide(
+        429, attempts_done=4, now=0.0, schedule_s=SCHEDULE, jitter=0.0, retry_after_s=10.0
+    )
+    assert outcome.state is DeliveryState.FAILED

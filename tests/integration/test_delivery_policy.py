@@ -1,0 +1,102 @@
+"""Delivery on the wire: receiver Retry-After in both forms, secret rotation."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from standardwebhooks.webhooks import Webhook
+
+from bridge.clock import FakeClock
+from bridge.service import Service
+from bridge.upstream.simulator import Simulator
+from tests.integration.helpers import settings_for
+
+ServerFactory = Callable[..., Any]
+
+
+async def one_attempt(
+    aiohttp_server: ServerFactory,
+    clock: FakeClock,
+    tmp_path: Path,
+    respond: Callable[[web.Request], web.Response],
+    **subscriber: Any,
+) -> tuple[Any, list[dict[str, str]], list[str]]:
+    sim = Simulator(api_key="test-key", clock=clock, processing_s=1.0)
+    up: TestServer = await aiohttp_server(sim.make_app())
+    seen: list[dict[str, str]] = []
+    bodies: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        bodies.append(await request.text())
+        return respond(request)
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    rx: TestServer = await aiohttp_server(app)
+    secret = subscriber.pop("secret", "whsec_" + base64.b64encode(os.urandom(32)).decode())
+    settings = settings_for(
+        str(up.make_url("")).rstrip("/"),
+        str(rx.make_url("/hook")),
+        secret,
+        tmp_path / "b.db",
+        delivery={"jitter": 0},
+        upstream={"progress_stream": False},
+        subscriber=subscriber,
+    )
+    sim.add_records(1, status="pending")
+    async with Service(settings, clock=clock) as svc:
+        await svc.poller.tick()
+        await clock.advance(1.5)
+        await svc.poller.tick()
+        await svc.dispatcher.drain_once()
+        [view] = await svc.store.list_deliveries()
+    return view, seen, bodies
+
+
+async def test_retry_after_seconds(
+    aiohttp_server: ServerFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    def busy(_: web.Request) -> web.Response:
+        return web.Response(status=429, headers={"Retry-After": "120"}, text="slow down")
+
+    view, _, _ = await one_attempt(aiohttp_server, clock, tmp_path, busy)
+    assert view.next_attempt_at - view.history[0].attempted_at == 120.0
+    assert view.history[0].response_excerpt == "slow down"
+
+
+async def test_retry_after_http_date(
+    aiohttp_server: ServerFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    def unavailable(_: web.Request) -> web.Response:
+        when = datetime.fromtimestamp(int(clock.now()) + 900, UTC)
+        return web.Response(status=503, headers={"Retry-After": format_datetime(when, True)})
+
+    view, _, _ = await one_attempt(aiohttp_server, clock, tmp_path, unavailable)
+    waited = view.next_attempt_at - view.history[0].attempted_at
+    assert 899.0 <= waited <= 900.0
+
+
+async def test_rotation_every_secret_verifies(
+    aiohttp_server: ServerFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    secrets = ["whsec_" + base64.b64encode(os.urandom(n)).decode() for n in (32, 24, 64)]
+
+    def ok(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    view, seen, bodies = await one_attempt(
+        aiohttp_server, clock, tmp_path, ok, secret=secrets[0], previous_secrets=secrets[1:]
+    )
+    assert view.state.value == "delivered"
+    assert len(seen[0]["webhook-signature"].split(" ")) == 3
+    for secret in secrets:  # a receiver holding any one of them accepts the request
+        assert Webhook(secret).verify(bodies[0], seen[0])["type"] == "denoise.completed"
