@@ -105,6 +105,7 @@ class Service:
             rand=self._rand,
             on_poll=self._polled,
         )
+        await self.dispatcher.load_health()
         self.watcher: ProgressWatcher | None = None
         if up.progress_stream:
             self.watcher = ProgressWatcher(

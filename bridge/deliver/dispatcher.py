@@ -6,7 +6,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiohttp
 import structlog
@@ -19,7 +19,7 @@ from bridge.deliver.signing import USER_AGENT, Signer
 from bridge.errors import StoreError
 from bridge.models import Attempt, Delivery, DeliveryState
 from bridge.retry_after import parse_retry_after
-from bridge.store.base import Store
+from bridge.store.base import Store, SubscriberHealth
 
 log = structlog.get_logger("bridge.deliver")
 
@@ -60,6 +60,7 @@ class Dispatcher:
             s.id: Signer([s.secret, *s.previous_secrets] if s.secret else []) for s in subscribers
         }
         self._active = [s.id for s in subscribers if s.enabled]
+        self._health: dict[str, SubscriberHealth] = {}
         self._config = config
         self._clock = clock
         self._rand = rand
@@ -68,6 +69,27 @@ class Dispatcher:
         self.lease_s = config.timeout_s * 2 + 30
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+
+    async def load_health(self) -> None:
+        """Read which endpoints the bridge disabled. A subscriber set to `enabled = false`
+        is the operator's again: its stored disable is cleared, so `true` resumes it."""
+        self._health = await self._store.subscriber_health()
+        for sub in self._subs.values():
+            health = self._health.get(sub.id)
+            if not sub.enabled and health is not None and health != SubscriberHealth():
+                self._health[sub.id] = SubscriberHealth()
+                await self._store.set_subscriber_health(sub.id, SubscriberHealth())
+        disabled = {sid for sid, h in self._health.items() if h.disabled_at is not None}
+        self._active = [sid for sid in self._active if sid not in disabled]
+        for sid in sorted(disabled & set(self._subs)):
+            log.warning(
+                "subscriber stays disabled", subscriber=sid, reason=self._health[sid].reason
+            )
+
+    @property
+    def active(self) -> list[str]:
+        """Subscribers whose deliveries are being sent."""
+        return list(self._active)
 
     def wake(self) -> None:
         """New deliveries may be due: look now instead of at the next planned time."""
@@ -155,6 +177,8 @@ class Dispatcher:
             retry_after_s=retry_after_s,
         )
         kept = await self._store.finish_attempt(delivery, attempt, outcome)
+        if kept:
+            await self._track_health(sub.id, attempt)
         fields = {
             "event_id": delivery.event.id,
             "event_type": delivery.event.type,
@@ -179,6 +203,27 @@ class Dispatcher:
             )
         if self._on_sent is not None and kept:
             self._on_sent(Sent(delivery, attempt, outcome.state))
+
+    async def _track_health(self, subscriber_id: str, attempt: Attempt) -> None:
+        """Remember continuous failure; disable on 410 or after `disable_after_s` of it."""
+        health = self._health.get(subscriber_id, SubscriberHealth())
+        now = attempt.attempted_at
+        if policy.is_success(attempt.status_code):
+            updated = replace(health, failing_since=None)
+        else:
+            since = health.failing_since if health.failing_since is not None else now
+            reason = policy.disable_reason(
+                attempt.status_code, failing_for_s=now - since, limit_s=self._config.disable_after_s
+            )
+            updated = replace(health, failing_since=since)
+            if reason is not None and health.disabled_at is None:
+                updated = replace(updated, disabled_at=now, reason=reason)
+                if subscriber_id in self._active:
+                    self._active.remove(subscriber_id)
+                log.error("subscriber disabled", subscriber=subscriber_id, reason=reason)
+        if updated != health:
+            self._health[subscriber_id] = updated
+            await self._store.set_subscriber_health(subscriber_id, updated)
 
     async def _post(
         self, sub: SubscriberConfig, msg_id: str, body: str

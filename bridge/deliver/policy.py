@@ -16,6 +16,16 @@ def is_success(status_code: int | None) -> bool:
     return status_code is not None and 200 <= status_code < 300
 
 
+def disable_reason(status_code: int | None, *, failing_for_s: float, limit_s: float) -> str | None:
+    """Why a failing endpoint is to be disabled now, if it is: 410 Gone at once, any other
+    failure once it has lasted `limit_s` without a single success."""
+    if status_code == 410:
+        return "the endpoint answered 410 Gone"
+    if failing_for_s >= limit_s:
+        return f"failing continuously for {failing_for_s:.0f} s (delivery.disable_after_s)"
+    return None
+
+
 def retry_delay_s(
     attempts_done: int,
     schedule_s: Sequence[float],

@@ -32,6 +32,15 @@ class ScanCommit:
 
 
 @dataclass(frozen=True, slots=True)
+class SubscriberHealth:
+    """What the bridge remembers of an endpoint: since when it fails, whether it disabled it."""
+
+    failing_since: float | None = None
+    disabled_at: float | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Committed:
     """What a scan commit did."""
 
@@ -111,3 +120,13 @@ class Store(Protocol):
         ...
 
     async def count_deliveries(self) -> dict[DeliveryState, int]: ...
+
+    async def subscriber_health(self) -> dict[str, SubscriberHealth]:
+        """Every subscriber the bridge has a health record of."""
+        ...
+
+    async def set_subscriber_health(self, subscriber_id: str, health: SubscriberHealth) -> None: ...
+
+    async def requeue(self, delivery_id: int, *, now: float) -> bool:
+        """Send a dead-lettered delivery again (same event id, a fresh schedule)."""
+        ...

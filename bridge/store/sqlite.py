@@ -20,7 +20,13 @@ from bridge.models import (
     Event,
     RecordState,
 )
-from bridge.store.base import BASELINE_MARK, AttemptOutcome, Committed, ScanCommit
+from bridge.store.base import (
+    BASELINE_MARK,
+    AttemptOutcome,
+    Committed,
+    ScanCommit,
+    SubscriberHealth,
+)
 
 T = TypeVar("T")
 
@@ -70,6 +76,14 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     """
     CREATE INDEX records_created ON records (created_at);
+    """,
+    """
+    CREATE TABLE subscriber_health (
+        id TEXT PRIMARY KEY,
+        failing_since REAL,
+        disabled_at REAL,
+        reason TEXT
+    );
     """,
 )
 
@@ -357,6 +371,35 @@ class SqliteStore:
             return [_view(conn, row) for row in rows]
 
         return await self._run(query)
+
+    async def subscriber_health(self) -> dict[str, SubscriberHealth]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT id, failing_since, disabled_at, reason FROM subscriber_health"
+            ).fetchall()
+        )
+        return {row[0]: SubscriberHealth(*row[1:]) for row in rows}
+
+    async def set_subscriber_health(self, subscriber_id: str, health: SubscriberHealth) -> None:
+        await self._tx(
+            lambda c: c.execute(
+                "INSERT INTO subscriber_health (id, failing_since, disabled_at, reason)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " failing_since = excluded.failing_since, disabled_at = excluded.disabled_at,"
+                " reason = excluded.reason",
+                (subscriber_id, health.failing_since, health.disabled_at, health.reason),
+            )
+        )
+
+    async def requeue(self, delivery_id: int, *, now: float) -> bool:
+        cur = await self._tx(
+            lambda c: c.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
+                " updated_at = ? WHERE id = ? AND state = 'failed'",
+                (now, now, delivery_id),
+            )
+        )
+        return cur.rowcount == 1
 
     async def count_deliveries(self) -> dict[DeliveryState, int]:
         rows = await self._run(

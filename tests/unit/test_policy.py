@@ -88,3 +88,19 @@ def test_retry_after_never_revives_an_exhausted_delivery() -> None:
         429, attempts_done=4, now=0.0, schedule_s=SCHEDULE, jitter=0.0, retry_after_s=10.0
     )
     assert outcome.state is DeliveryState.FAILED
+
+
+@pytest.mark.parametrize(
+    ("code", "failing_for", "expected"),
+    [
+        (410, 0.0, "the endpoint answered 410 Gone"),
+        (500, 99.0, None),
+        (500, 100.0, "failing continuously for 100 s (delivery.disable_after_s)"),
+        (None, 250.0, "failing continuously for 250 s (delivery.disable_after_s)"),
+        (404, 0.0, None),
+    ],
+)
+def test_disable_reason(code: int | None, failing_for: float, expected: str | None) -> None:
+    from bridge.deliver.policy import disable_reason
+
+    assert disable_reason(code, failing_for_s=failing_for, limit_s=100.0) == expected
