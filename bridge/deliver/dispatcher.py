@@ -15,6 +15,7 @@ from bridge.clock import Clock, sleep_or_event
 from bridge.config import DeliveryConfig, SubscriberConfig
 from bridge.deliver import policy
 from bridge.deliver.formats import render
+from bridge.deliver.lanes import Lane, TokenBucket
 from bridge.deliver.signing import USER_AGENT, Signer
 from bridge.errors import StoreError
 from bridge.models import Attempt, Delivery, DeliveryState
@@ -69,6 +70,11 @@ class Dispatcher:
         self.lease_s = config.timeout_s * 2 + 30
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        self._lanes = {
+            s.id: Lane(s.id, s.max_concurrency, TokenBucket(s.rate_limit_per_s))
+            for s in subscribers
+        }
+        self._turn = 0
 
     async def load_health(self) -> None:
         """Read which endpoints the bridge disabled. A subscriber set to `enabled = false`
@@ -96,10 +102,15 @@ class Dispatcher:
         self._wake.set()
 
     async def drain_once(self) -> int:
-        """Claim what is due now, send it all, wait for the outcomes. Returns how many."""
-        claimed = await self._claim(self._config.max_in_flight)
-        await asyncio.gather(*(self._deliver(d) for d in claimed))
-        return len(claimed)
+        """Send everything due now (lanes, order and rate limits as in `run`), waiting for
+        each round's outcomes, until nothing more can go at this instant. Returns how many."""
+        total = 0
+        while True:
+            started, _ = await self._fill()
+            if not started:
+                return total
+            total += started
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep up to `max_in_flight` deliveries going until `stop` is set, then let the
@@ -109,7 +120,7 @@ class Dispatcher:
             while not stop.is_set():
                 self._wake.clear()
                 try:
-                    delay_s = await self._fill()
+                    _, delay_s = await self._fill()
                 except StoreError as exc:
                     log.error("cannot claim deliveries, will try again", error=str(exc))
                     delay_s = STORE_RETRY_S
@@ -118,33 +129,52 @@ class Dispatcher:
         finally:
             await self._finish_inflight()
 
-    async def _fill(self) -> float | None:
-        """Start due deliveries in the free slots; return how long to wait before looking
-        again (0: look again now, None: until a slot frees up or something wakes us)."""
+    async def _fill(self) -> tuple[int, float | None]:
+        """Start due deliveries lane by lane (taking turns, within each lane's concurrency
+        and rate, and `max_in_flight` overall). Returns how many started and how long to wait
+        before looking again (0: now, None: until a slot frees up or something wakes us)."""
         free = self._config.max_in_flight - len(self._inflight)
         if free <= 0:
-            return None
-        claimed = await self._claim(free)
-        for delivery in claimed:
-            task = asyncio.create_task(self._deliver(delivery))
-            self._inflight.add(task)
-            task.add_done_callback(self._task_done)
-        if len(claimed) == free:
+            return 0, None
+        now = self._clock.now()
+        active = self._active
+        self._turn = (self._turn + 1) % max(1, len(active))
+        started, open_lanes, waits = 0, [], []
+        for sid in active[self._turn :] + active[: self._turn]:
+            lane = self._lanes[sid]
+            room = lane.room(now, free)
+            if room <= 0:
+                if lane.in_flight < lane.max_concurrency and free > 0:
+                    waits.append(lane.bucket.wait_s(now))  # throttled, not busy
+                continue
+            open_lanes.append(sid)
+            for delivery in await self._claim(sid, room, now):
+                lane.bucket.take(now)
+                lane.in_flight += 1
+                task = asyncio.create_task(self._deliver_in_lane(lane, delivery))
+                self._inflight.add(task)
+                task.add_done_callback(self._task_done)
+                started += 1
+                free -= 1
+        if started:
             await asyncio.sleep(0)
-            return 0.0  # there may be more due
-        return await self._idle_delay()
+            return started, 0.0
+        if open_lanes:
+            due = await self._store.next_due_at(open_lanes)
+            waits.append(IDLE_WAIT_S if due is None else max(0.0, due - now))
+        return 0, min([IDLE_WAIT_S, *waits]) if waits else None
+
+    async def _deliver_in_lane(self, lane: Lane, delivery: Delivery) -> None:
+        try:
+            await self._deliver(delivery)
+        finally:
+            lane.in_flight -= 1
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
         self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task crashed", error=repr(task.exception()))
-
-    async def _idle_delay(self) -> float:
-        due = await self._store.next_due_at(self._active)
-        if due is None:
-            return IDLE_WAIT_S
-        return min(IDLE_WAIT_S, max(0.0, due - self._clock.now()))
 
     async def _wait_for(self, stop: asyncio.Event, delay_s: float | None) -> None:
         await sleep_or_event(self._clock, delay_s, self._wake, stop)
@@ -157,9 +187,9 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _claim(self, limit: int) -> list[Delivery]:
+    async def _claim(self, subscriber_id: str, limit: int, now: float) -> list[Delivery]:
         return await self._store.claim_due(
-            now=self._clock.now(), limit=limit, lease_s=self.lease_s, subscribers=self._active
+            now=now, limit=limit, lease_s=self.lease_s, subscribers=[subscriber_id]
         )
 
     async def _deliver(self, delivery: Delivery) -> None:

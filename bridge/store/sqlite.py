@@ -85,11 +85,19 @@ MIGRATIONS: tuple[str, ...] = (
         reason TEXT
     );
     """,
+    """
+    CREATE INDEX events_record ON events (record_id, seq);
+    CREATE INDEX deliveries_lane ON deliveries (subscriber_id, state, event_seq);
+    """,
 )
 
-_CLAIMABLE = """
-    state = 'pending' AND next_attempt_at <= :now
-    AND (lease_until IS NULL OR lease_until <= :now)
+# per (subscriber, record), nothing goes while an earlier event is still pending
+_IN_ORDER = """
+    NOT EXISTS (
+        SELECT 1 FROM deliveries p JOIN events pe ON pe.seq = p.event_seq
+        WHERE p.subscriber_id = d.subscriber_id AND p.state = 'pending'
+        AND p.event_seq < d.event_seq AND pe.record_id = e.record_id
+    )
 """
 
 
@@ -269,7 +277,9 @@ class SqliteStore:
                 "SELECT d.id, d.subscriber_id, d.attempts, e.id, e.type, e.record_id,"
                 " e.occurred_at, e.previous_status, e.data FROM deliveries d"
                 " JOIN events e ON e.seq = d.event_seq"
-                f" WHERE {_CLAIMABLE.replace(':now', '?')} AND d.subscriber_id IN ({marks})"
+                " WHERE d.state = 'pending' AND d.next_attempt_at <= ?"
+                " AND (d.lease_until IS NULL OR d.lease_until <= ?)"
+                f" AND d.subscriber_id IN ({marks}) AND {_IN_ORDER}"
                 " ORDER BY d.next_attempt_at, d.id LIMIT ?",
                 [now, now, *subs, limit],
             ).fetchall()
@@ -338,8 +348,9 @@ class SqliteStore:
         marks = ",".join("?" * len(subs))
         row = await self._run(
             lambda c: c.execute(
-                "SELECT MIN(MAX(next_attempt_at, COALESCE(lease_until, 0))) FROM deliveries"
-                f" WHERE state = 'pending' AND subscriber_id IN ({marks})",
+                "SELECT MIN(MAX(d.next_attempt_at, COALESCE(d.lease_until, 0)))"
+                " FROM deliveries d JOIN events e ON e.seq = d.event_seq"
+                f" WHERE d.state = 'pending' AND d.subscriber_id IN ({marks}) AND {_IN_ORDER}",
                 subs,
             ).fetchone()
         )

@@ -118,7 +118,9 @@ async def test_claim_leases_and_second_claim_gets_nothing(store: SqliteStore) ->
 
 
 async def test_claim_respects_due_time_limit_and_subscribers(store: SqliteStore) -> None:
-    await store.commit_scan(ScanCommit([], [(event(n), ["a"]) for n in range(5)], now=10.0))
+    await store.commit_scan(
+        ScanCommit([], [(event(n, rid=f"r{n}"), ["a"]) for n in range(5)], now=10.0)
+    )
     await store.commit_scan(ScanCommit([], [(event(9), ["off"])], now=10.0))
     assert await store.claim_due(now=9.0, limit=10, lease_s=1, subscribers=["a"]) == []
     got = await store.claim_due(now=10.0, limit=3, lease_s=1, subscribers=["a"])
