@@ -1,0 +1,168 @@
+"""Lanes: ordering per (subscriber, record) under retries, rate limits, and isolation from a
+subscriber whose receiver hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from bridge.clock import FakeClock, SystemClock
+from bridge.config import Settings
+from bridge.deliver.lanes import Lane, TokenBucket
+from bridge.service import Service
+from bridge.upstream.simulator import Simulator
+from tests.conftest import make_secret
+from tests.integration.helpers import RecordingReceiver
+
+ServerFactory = Callable[..., Any]
+
+
+def test_token_bucket() -> None:
+    bucket = TokenBucket(2.0)
+    assert bucket.available(100.0) == 2
+    bucket.take(100.0)
+    bucket.take(100.0)
+    assert bucket.available(100.0) == 0
+    assert bucket.wait_s(100.0) == pytest.approx(0.5)
+    assert bucket.available(100.5) == 1
+    assert bucket.available(200.0) == 2  # never more than one second's worth
+    assert TokenBucket(None).available(0.0) >= 1000
+    slow = TokenBucket(0.5)
+    assert slow.available(0.0) == 1
+    slow.take(0.0)
+    assert slow.wait_s(0.0) == pytest.approx(2.0)
+
+
+def test_lane_room() -> None:
+    lane = Lane("a", max_concurrency=4, bucket=TokenBucket(None), in_flight=3)
+    assert lane.room(0.0, free=10) == 1
+    assert lane.room(0.0, free=0) == 0
+    lane.in_flight = 4
+    assert lane.room(0.0, free=10) == 0
+
+
+def settings(sim_url: str, subs: list[dict[str, Any]], db: Path, **delivery: Any) -> Settings:
+    return Settings.model_validate(
+        {
+            "upstream": {"base_url": sim_url, "api_key": "test-key", "progress_stream": False},
+            "store": {"url": f"sqlite:///{db}"},
+            "delivery": {"allow_private_destinations": True, "jitter": 0, **delivery},
+            "admin": {"enabled": False},
+            "subscribers": [{"secret": make_secret(), **s} for s in subs],
+        }
+    )
+
+
+@pytest.fixture
+def sim(clock: FakeClock) -> Simulator:
+    return Simulator(api_key="test-key", clock=clock, processing_s=1.0)
+
+
+@pytest.fixture
+async def sim_url(sim: Simulator, aiohttp_server: ServerFactory) -> str:
+    server: TestServer = await aiohttp_server(sim.make_app())
+    return str(server.make_url("")).rstrip("/")
+
+
+async def serve(aiohttp_server: ServerFactory, receiver: RecordingReceiver) -> str:
+    server: TestServer = await aiohttp_server(receiver.app())
+    return str(server.make_url("/hook"))
+
+
+async def test_events_of_a_record_arrive_in_order_under_retries(
+    sim: Simulator, sim_url: str, aiohttp_server: ServerFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    receiver = RecordingReceiver(script=[500, 200, 200, 200])
+    url = await serve(aiohttp_server, receiver)
+    config = settings(sim_url, [{"id": "rx", "url": url, "events": ["denoise.*"]}], tmp_path / "b")
+    async with Service(config, clock=clock) as svc:
+        await svc.poller.tick()
+        [a] = sim.add_records(1, status="pending")
+        await svc.poller.tick()  # a: created
+        await clock.advance(1.5)
+        [b] = sim.add_records(1, status="success")
+        await svc.poller.tick()  # a: completed; b: created + completed
+        assert await svc.dispatcher.drain_once() == 3  # a.created fails; b goes on; a waits
+        await clock.advance(5)
+        assert await svc.dispatcher.drain_once() == 2  # a.created, then a.completed
+    order = [
+        (json.loads(r.body)["data"]["id"], json.loads(r.body)["type"]) for r in receiver.requests
+    ]
+    a_events = [t for rid, t in order if rid == a["id"]]
+    assert a_events == ["denoise.created", "denoise.created", "denoise.completed"]
+    assert [t for rid, t in order if rid == b["id"]] == ["denoise.created", "denoise.completed"]
+    assert order.index((b["id"], "denoise.completed")) < order.index((a["id"], "denoise.completed"))
+
+
+async def test_rate_limit_is_honoured(
+    sim: Simulator, sim_url: str, aiohttp_server: ServerFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    receiver = RecordingReceiver()
+    url = await serve(aiohttp_server, receiver)
+    subs = [{"id": "rx", "url": url, "rate_limit_per_s": 2}]
+    async with Service(settings(sim_url, subs, tmp_path / "b"), clock=clock) as svc:
+        await svc.poller.tick()
+        sim.add_records(9, status="success")
+        await svc.poller.tick()
+        per_second = []
+        for _ in range(5):
+            per_second.append(await svc.dispatcher.drain_once())
+            await clock.advance(1.0)
+    assert per_second == [2, 2, 2, 2, 1]
+
+
+async def test_a_hanging_subscriber_does_not_delay_a_healthy_one(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Real time: the healthy receiver gets every event while the other one hangs."""
+    sim = Simulator(api_key="test-key", clock=SystemClock(), processing_s=1.0)
+    up: TestServer = await aiohttp_server(sim.make_app())
+    release = asyncio.Event()
+    hung: list[str] = []
+
+    async def hang(request: web.Request) -> web.Response:
+        hung.append(await request.text())
+        await release.wait()
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_post("/hook", hang)
+    slow: TestServer = await aiohttp_server(app)
+    healthy = RecordingReceiver()
+    subs = [
+        {"id": "slow", "url": str(slow.make_url("/hook")), "events": ["denoise.*"]},
+        {"id": "ok", "url": await serve(aiohttp_server, healthy), "events": ["denoise.*"]},
+    ]
+    config = settings(
+        str(up.make_url("")).rstrip("/"), subs, tmp_path / "b", timeout_s=30, max_in_flight=8
+    )
+    async with running(config) as svc:
+        await svc.poller.tick()
+        sim.add_records(20, status="success")
+        await svc.poller.tick()
+        async with asyncio.timeout(10):
+            while len(healthy.requests) < 40:
+                await healthy.arrived.wait()
+                healthy.arrived.clear()
+        assert len(hung) == 4  # the slow lane holds only its own max_concurrency slots
+        release.set()
+
+
+@contextlib.asynccontextmanager
+async def running(config: Settings) -> AsyncIterator[Service]:
+    stop = asyncio.Event()
+    async with Service(config) as svc:
+        runner = asyncio.create_task(svc.dispatcher.run(stop))
+        try:
+            yield svc
+        finally:
+            stop.set()
+            await runner
