@@ -67,7 +67,8 @@ class Dispatcher:
         self._rand = rand
         self._on_sent = on_sent
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
-        self.lease_s = config.timeout_s * 2 + 30
+        # longer than a whole attempt, so no two workers ever send the same delivery at once
+        self.lease_s = config.timeout_s + max(5.0, config.timeout_s)
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._lanes = {

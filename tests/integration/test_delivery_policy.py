@@ -100,3 +100,15 @@ async def test_rotation_every_secret_verifies(
     assert len(seen[0]["webhook-signature"].split(" ")) == 3
     for secret in secrets:  # a receiver holding any one of them accepts the request
         assert Webhook(secret).verify(bodies[0], seen[0])["type"] == "denoise.completed"
+
+
+async def test_response_excerpt_is_capped_at_4_kib(
+    aiohttp_server: ServerFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    def chatty(_: web.Request) -> web.Response:
+        return web.Response(status=500, text="é" * 10_000)  # 20 kB of two-byte characters
+
+    view, _, _ = await one_attempt(aiohttp_server, clock, tmp_path, chatty)
+    excerpt = view.history[0].response_excerpt
+    assert len(excerpt.encode()) <= 4096 and excerpt == "é" * 2048
+    assert view.history[0].latency_ms >= 0 and view.history[0].error == "HTTP 500"
