@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,3 +94,13 @@ async def drive(
             return task.result()
     task.cancel()
     raise AssertionError("work did not finish")
+
+
+def bridge_process(*args: str, **kwargs: Any) -> Any:
+    """`python -m bridge ARGS` as a real child process (stdin closed)."""
+    env = kwargs.pop("env", None)
+    if env is not None:
+        env = {"PATH": "/usr/bin:/bin", **env}
+    return asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", *args, env=env, stdin=asyncio.subprocess.DEVNULL, **kwargs
+    )

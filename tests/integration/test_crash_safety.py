@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ from aiohttp.test_utils import TestServer
 from bridge.clock import SystemClock
 from bridge.models import event_id
 from bridge.upstream.simulator import Simulator
+from tests.integration.helpers import bridge_process
 
 ServerFactory = Callable[..., Any]
 EVENTS = 1000
@@ -44,18 +44,15 @@ class CountingReceiver:
 
 
 async def start_bridge(config: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge",
+    process: asyncio.subprocess.Process = await bridge_process(
         "run",
         "--config",
         str(config),
-        env={"MUNSIT_API_KEY": "crash-key", "PATH": "/usr/bin:/bin"},
-        stdin=asyncio.subprocess.DEVNULL,
+        env={"MUNSIT_API_KEY": "crash-key"},
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
+    return process
 
 
 async def test_sigkill_mid_run_loses_nothing(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,19 +17,9 @@ from bridge.clock import SystemClock
 from bridge.demo import run_demo
 from bridge.models import event_id
 from bridge.upstream.simulator import Simulator
-from tests.integration.helpers import RecordingReceiver
+from tests.integration.helpers import RecordingReceiver, bridge_process
 
 ServerFactory = Callable[..., Any]
-
-
-def bridge_process(*args: str, **kwargs: Any) -> Any:
-    """`python -m bridge ARGS` as a real child process (stdin closed)."""
-    env = kwargs.pop("env", None)
-    if env is not None:
-        env = {"PATH": "/usr/bin:/bin", **env}
-    return asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge", *args, env=env, stdin=asyncio.subprocess.DEVNULL, **kwargs
-    )
 
 
 async def test_run_delivers_and_stops_cleanly_on_sigterm(
