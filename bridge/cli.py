@@ -14,7 +14,7 @@ from bridge import __version__
 from bridge.config import Settings, load_settings, resolve_path
 from bridge.errors import BridgeError, ConfigError
 from bridge.logging import configure
-from bridge.service import Service, build_store, preflight
+from bridge.service import Service, build_store
 
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG = 0, 1, 2
 
@@ -62,9 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load(config: str | None) -> Settings:
-    settings = load_settings(resolve_path(config))
-    preflight(settings)
-    return settings
+    return load_settings(resolve_path(config))
 
 
 def _run(config: str | None) -> int:

@@ -12,26 +12,12 @@ import aiohttp
 from bridge.clock import Clock, SystemClock
 from bridge.config import Settings
 from bridge.deliver.dispatcher import Dispatcher, Sent
-from bridge.deliver.formats import SUPPORTED_FORMATS
 from bridge.deliver.guard import guarded_socket_factory
 from bridge.detect.poller import Poller, PollResult
 from bridge.detect.progress import ProgressWatcher
-from bridge.errors import ConfigError
 from bridge.store.base import Store
 from bridge.store.sqlite import SqliteStore
 from bridge.upstream.client import MunsitClient
-
-
-def preflight(settings: Settings) -> None:
-    """Refuse settings this version cannot serve, naming the key."""
-    problems = [
-        f"subscribers[{i}].format: {s.format!r} is not available in this version "
-        f"(available: {', '.join(sorted(SUPPORTED_FORMATS))})"
-        for i, s in enumerate(settings.subscribers)
-        if s.format not in SUPPORTED_FORMATS
-    ]
-    if problems:
-        raise ConfigError(problems)
 
 
 def build_store(settings: Settings) -> Store:
@@ -51,7 +37,6 @@ class Service:
         on_poll: Callable[[PollResult], None] | None = None,
         on_sent: Callable[[Sent], None] | None = None,
     ) -> None:
-        preflight(settings)
         self.settings = settings
         self.clock = clock or SystemClock()
         self.store = store or build_store(settings)

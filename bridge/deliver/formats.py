@@ -5,9 +5,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bridge.deliver.chat_formats import discord_body, slack_body, teams_body
 from bridge.models import Event, iso_utc
 
-SUPPORTED_FORMATS = frozenset({"standard"})
+ZAPIER_FIELDS = (
+    "file_name",
+    "audio_url",
+    "original_audio_url",
+    "audio_duration",
+    "audio_size",
+    "audio_format",
+    "source_type",
+    "error",
+    "created_at",
+    "updated_at",
+)
 
 
 def standard_body(event: Event) -> dict[str, Any]:
@@ -21,8 +33,40 @@ def standard_body(event: Event) -> dict[str, Any]:
     }
 
 
+def zapier_body(event: Event) -> dict[str, Any]:
+    """Flat scalar keys only: Zapier turns nesting and arrays into awkward line items."""
+    data = event.data
+    body: dict[str, Any] = {
+        "event_id": event.id,
+        "event_type": event.type,
+        "occurred_at": iso_utc(event.occurred_at),
+        "record_id": event.record_id,
+        "status": data.get("status"),
+        "previous_status": event.previous_status,
+    }
+    for key in ZAPIER_FIELDS:
+        value = data.get(key)
+        body[key] = (
+            value if value is None or isinstance(value, str | int | float | bool) else str(value)
+        )
+    return body
+
+
+FORMATS = {
+    "standard": standard_body,
+    "zapier": zapier_body,
+    "slack": slack_body,
+    "discord": discord_body,
+    "teams": teams_body,
+}
+SUPPORTED_FORMATS = frozenset(FORMATS)
+
+
+def body(event: Event, fmt: str) -> dict[str, Any]:
+    """The request body for format `fmt`."""
+    return FORMATS[fmt](event)
+
+
 def render(event: Event, fmt: str) -> str:
     """The request body as text (signed and sent as UTF-8)."""
-    if fmt != "standard":
-        raise ValueError(f"format {fmt!r} is not available in this version")
-    return json.dumps(standard_body(event), ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(body(event, fmt), ensure_ascii=False, separators=(",", ":"))
