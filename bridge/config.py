@@ -189,6 +189,13 @@ class SubscriberConfig(_Section):
     headers: dict[str, str] = Field(default_factory=dict)
     enabled: bool = True
 
+    @property
+    def rate_per_s(self) -> float | None:
+        """`rate_limit_per_s`, or 1/s for Slack, which throttles incoming webhooks at that."""
+        if self.rate_limit_per_s is None and self.format == "slack":
+            return 1.0
+        return self.rate_limit_per_s
+
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:

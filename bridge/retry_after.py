@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from email.utils import parsedate_to_datetime
+
+
+def body_retry_after(body: bytes) -> float | None:
+    """Discord's 429 JSON body: `{"retry_after": <seconds, float>, ...}`."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    value = data.get("retry_after") if isinstance(data, dict) else None
+    return float(value) if isinstance(value, int | float) and value >= 0 else None
 
 
 def parse_retry_after(value: str | None, *, now: float) -> float | None:

@@ -19,7 +19,7 @@ from bridge.deliver.lanes import Lane, TokenBucket
 from bridge.deliver.signing import USER_AGENT, Signer
 from bridge.errors import StoreError
 from bridge.models import Attempt, Delivery, DeliveryState
-from bridge.retry_after import parse_retry_after
+from bridge.retry_after import body_retry_after, parse_retry_after
 from bridge.store.base import Store, SubscriberHealth
 
 log = structlog.get_logger("bridge.deliver")
@@ -72,8 +72,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._lanes = {
-            s.id: Lane(s.id, s.max_concurrency, TokenBucket(s.rate_limit_per_s))
-            for s in subscribers
+            s.id: Lane(s.id, s.max_concurrency, TokenBucket(s.rate_per_s)) for s in subscribers
         }
         self._turn = 0
 
@@ -284,6 +283,10 @@ class Dispatcher:
                 status = resp.status
                 retry_after_s = parse_retry_after(resp.headers.get("Retry-After"), now=attempted_at)
                 excerpt = await resp.content.read(EXCERPT_BYTES)
+                if status == 429:
+                    in_body = body_retry_after(excerpt)
+                    if in_body is not None:
+                        retry_after_s = max(retry_after_s or 0.0, in_body)
                 if status >= 300:
                     error = f"HTTP {status}"
                     if 300 <= status < 400:

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import sys
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from bridge.clock import FakeClock
 from bridge.config import Settings
+from bridge.service import Service
+from bridge.upstream.simulator import Simulator
 
 T = TypeVar("T")
+ServerFactory = Callable[..., Any]
 
 
 @dataclass
@@ -104,3 +110,43 @@ def bridge_process(*args: str, **kwargs: Any) -> Any:
     return asyncio.create_subprocess_exec(
         sys.executable, "-m", "bridge", *args, env=env, stdin=asyncio.subprocess.DEVNULL, **kwargs
     )
+
+
+async def one_attempt(
+    aiohttp_server: ServerFactory,
+    clock: FakeClock,
+    tmp_path: Path,
+    respond: Callable[[web.Request], web.Response],
+    **subscriber: Any,
+) -> tuple[Any, list[dict[str, str]], list[str]]:
+    sim = Simulator(api_key="test-key", clock=clock, processing_s=1.0)
+    up: TestServer = await aiohttp_server(sim.make_app())
+    seen: list[dict[str, str]] = []
+    bodies: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        bodies.append(await request.text())
+        return respond(request)
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    rx: TestServer = await aiohttp_server(app)
+    secret = subscriber.pop("secret", "whsec_" + base64.b64encode(os.urandom(32)).decode())
+    settings = settings_for(
+        str(up.make_url("")).rstrip("/"),
+        str(rx.make_url("/hook")),
+        secret,
+        tmp_path / "b.db",
+        delivery={"jitter": 0},
+        upstream={"progress_stream": False},
+        subscriber=subscriber,
+    )
+    sim.add_records(1, status="pending")
+    async with Service(settings, clock=clock) as svc:
+        await svc.poller.tick()
+        await clock.advance(1.5)
+        await svc.poller.tick()
+        await svc.dispatcher.drain_once()
+        [view] = await svc.store.list_deliveries()
+    return view, seen, bodies
