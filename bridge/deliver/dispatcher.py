@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -16,15 +15,14 @@ from bridge.config import DeliveryConfig, SubscriberConfig
 from bridge.deliver import policy
 from bridge.deliver.formats import render
 from bridge.deliver.lanes import Lane, TokenBucket
-from bridge.deliver.signing import USER_AGENT, Signer
+from bridge.deliver.sender import post
+from bridge.deliver.signing import Signer
 from bridge.errors import StoreError
 from bridge.models import Attempt, Delivery, DeliveryState
-from bridge.retry_after import body_retry_after, parse_retry_after
 from bridge.store.base import Store, SubscriberHealth
 
 log = structlog.get_logger("bridge.deliver")
 
-EXCERPT_BYTES = 4096
 IDLE_WAIT_S = 60.0
 STORE_RETRY_S = 5.0
 
@@ -66,7 +64,6 @@ class Dispatcher:
         self._clock = clock
         self._rand = rand
         self._on_sent = on_sent
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
         # longer than a whole attempt, so no two workers ever send the same delivery at once
         self.lease_s = config.timeout_s + max(5.0, config.timeout_s)
         self._wake = asyncio.Event()
@@ -258,50 +255,12 @@ class Dispatcher:
     async def _post(
         self, sub: SubscriberConfig, msg_id: str, body: str
     ) -> tuple[Attempt, float | None]:
-        """One attempt, and the `Retry-After` it was answered with (seconds), if any."""
-        attempted_at = self._clock.now()
-        timestamp = int(attempted_at)
-        headers = {
-            **sub.headers,
-            "content-type": "application/json",
-            "user-agent": USER_AGENT,
-            **self._signers[sub.id].headers(msg_id, timestamp, body),
-        }
-        started = time.perf_counter()
-        status: int | None = None
-        excerpt = b""
-        error: str | None = None
-        retry_after_s: float | None = None
-        try:
-            async with self._session.post(
-                sub.url,
-                data=body.encode(),
-                headers=headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as resp:
-                status = resp.status
-                retry_after_s = parse_retry_after(resp.headers.get("Retry-After"), now=attempted_at)
-                excerpt = await resp.content.read(EXCERPT_BYTES)
-                if status == 429:
-                    in_body = body_retry_after(excerpt)
-                    if in_body is not None:
-                        retry_after_s = max(retry_after_s or 0.0, in_body)
-                if status >= 300:
-                    error = f"HTTP {status}"
-                    if 300 <= status < 400:
-                        error += " (redirects are not followed)"
-        except TimeoutError:
-            error = f"timed out after {self._config.timeout_s} s"
-        except aiohttp.ClientConnectorError as exc:
-            error = f"cannot connect to {exc.host}:{exc.port}: {exc.os_error}"
-        except aiohttp.ClientError as exc:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        attempt = Attempt(
-            attempted_at=attempted_at,
-            status_code=status,
-            latency_ms=(time.perf_counter() - started) * 1000,
-            error=error,
-            response_excerpt=excerpt.decode("utf-8", "ignore"),
+        return await post(
+            self._session,
+            sub,
+            self._signers[sub.id],
+            msg_id,
+            body,
+            now=self._clock.now(),
+            timeout_s=self._config.timeout_s,
         )
-        return attempt, retry_after_s
