@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import aiohttp
 
 from bridge import __version__
 from bridge.config import Settings, load_settings, resolve_path
+from bridge.deliver.sendtest import send_test
+from bridge.deliver.verify import VerifyError, parse_header, verify
 from bridge.errors import BridgeError, ConfigError
 from bridge.logging import configure
 from bridge.service import Service, build_store
@@ -35,6 +40,16 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("demo", help="run the whole pipeline against the built-in simulator")
 
+    send = sub.add_parser("send-test", help="send a bridge.test event to one subscriber now")
+    send.add_argument("id", help="subscriber id")
+    send.add_argument("--config", help="TOML file (default: $BRIDGE_CONFIG or ./bridge.toml)")
+
+    ver = sub.add_parser("verify", help="verify a received webhook as a receiver would")
+    ver.add_argument("--secret", required=True, help="the subscriber's whsec_ secret")
+    ver.add_argument("--body-file", required=True, help="the raw request body")
+    ver.add_argument("--header", action="append", default=[], help="'name: value', once per header")
+    ver.add_argument("--tolerance-s", type=float, default=300.0, help="timestamp tolerance")
+
     sim = sub.add_parser("simulate", help="run the Munsit API simulator standalone")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8099)
@@ -54,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bridge.demo import run_demo
 
             return asyncio.run(run_demo())
+        if args.command == "send-test":
+            return _send_test(args.id, args.config)
+        if args.command == "verify":
+            return _verify(args.secret, args.body_file, args.header, args.tolerance_s)
         if args.command == "simulate":
             return _simulate(args.host, args.port, args.api_key, args.jobs)
     except KeyboardInterrupt:
@@ -135,3 +154,42 @@ def _simulate(host: str, port: int, api_key: str, jobs: int) -> int:
 
     asyncio.run(serve(host=host, port=port, api_key=api_key, jobs=jobs))
     return EXIT_OK
+
+
+def _verify(secret: str, body_file: str, header_lines: list[str], tolerance_s: float) -> int:
+    try:
+        body = Path(body_file).read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"invalid: cannot read body file {body_file}: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    try:
+        headers = dict(parse_header(line) for line in header_lines)
+        event = verify(secret, body, headers, now=time.time(), tolerance_s=tolerance_s)
+    except VerifyError as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    print("valid")
+    print(json.dumps(event, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def _send_test(subscriber_id: str, config: str | None) -> int:
+    try:
+        settings = _load(config)
+    except ConfigError as exc:
+        print(f"munsit-bridge: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    sub = next((s for s in settings.subscribers if s.id == subscriber_id), None)
+    if sub is None:
+        known = ", ".join(s.id for s in settings.subscribers) or "none"
+        print(f"munsit-bridge: no subscriber {subscriber_id!r} (known: {known})", file=sys.stderr)
+        return EXIT_CONFIG
+    attempt = asyncio.run(send_test(sub, settings.delivery))
+    code = attempt.status_code if attempt.status_code is not None else "no response"
+    print(f"{sub.id}: {code} in {attempt.latency_ms:.0f} ms")
+    if attempt.error:
+        print(f"error: {attempt.error}")
+    if attempt.response_excerpt:
+        print(f"response: {attempt.response_excerpt}")
+    ok = attempt.status_code is not None and 200 <= attempt.status_code < 300
+    return EXIT_OK if ok else EXIT_FATAL
