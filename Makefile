@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint types unit run clean
+.PHONY: demo test lint types unit run examples clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ unit: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q
 
 test: lint types unit
+
+examples: $(STAMP)
+	$(BIN)/python -m bridge.examples --write README.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info
