@@ -48,3 +48,8 @@ class UpstreamNotFound(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     """The API answered something that is not what its documentation promises."""
+
+
+class RequestError(BridgeError):
+    """An operator's request (admin API or command) is invalid; the message says which
+    parameter and why."""

@@ -125,3 +125,14 @@ class DeliveryView:
     attempts: int
     next_attempt_at: float | None
     history: tuple[Attempt, ...] = ()
+    record_id: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """What a replay re-enqueued: how many stored events matched, how many deliveries go again."""
+
+    events: int
+    deliveries: int

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable
 from types import TracebackType
 
 import aiohttp
+import structlog
+from aiohttp import web
 
 from bridge.clock import Clock, SystemClock
 from bridge.config import Settings
@@ -15,9 +18,14 @@ from bridge.deliver.dispatcher import Dispatcher, Sent
 from bridge.deliver.guard import guarded_socket_factory
 from bridge.detect.poller import Poller, PollResult
 from bridge.detect.progress import ProgressWatcher
+from bridge.errors import BridgeError, StoreError
+from bridge.metrics import Metrics
+from bridge.models import PROGRESS, DeliveryState
 from bridge.store.base import Store
 from bridge.store.sqlite import SqliteStore
 from bridge.upstream.client import MunsitClient
+
+log = structlog.get_logger("bridge.service")
 
 
 def build_store(settings: Settings) -> Store:
@@ -44,6 +52,7 @@ class Service:
         self._on_poll = on_poll
         self._on_sent = on_sent
         self._sessions: list[aiohttp.ClientSession] = []
+        self.metrics = Metrics()
 
     async def __aenter__(self) -> Service:
         await self.store.open()
@@ -71,6 +80,7 @@ class Service:
             now=self.clock.now,
             rand=self._rand,
             stream_session=stream_session,
+            on_response=lambda code: self.metrics.upstream_requests.labels(code).inc(),
         )
         self.dispatcher = Dispatcher(
             self.store,
@@ -79,7 +89,7 @@ class Service:
             config=self.settings.delivery,
             clock=self.clock,
             rand=self._rand,
-            on_sent=self._on_sent,
+            on_sent=self._sent,
         )
         self.poller = Poller(
             self.client,
@@ -89,6 +99,7 @@ class Service:
             clock=self.clock,
             rand=self._rand,
             on_poll=self._polled,
+            on_failure=lambda result: self.metrics.polls.labels(result).inc(),
         )
         await self.dispatcher.load_health()
         self.watcher: ProgressWatcher | None = None
@@ -100,12 +111,41 @@ class Service:
                 max_streams=up.max_progress_streams,
                 clock=self.clock,
                 on_finished=lambda _: self.poller.request_scan(),
-                on_event=self.dispatcher.wake,
+                on_event=self._progress_event,
                 rand=self._rand,
             )
         return self
 
+    def _progress_event(self) -> None:
+        self.metrics.events.labels(PROGRESS).inc()
+        self.dispatcher.wake()
+
+    def _sent(self, sent: Sent) -> None:
+        result = {DeliveryState.DELIVERED: "delivered", DeliveryState.FAILED: "failed"}
+        label = result.get(sent.state, "retry")
+        self.metrics.deliveries.labels(sent.delivery.subscriber_id, label).inc()
+        self.metrics.delivery_seconds.observe(sent.attempt.latency_ms / 1000)
+        if self._on_sent is not None:
+            self._on_sent(sent)
+
+    async def refresh_gauges(self) -> None:
+        """Set the gauges read at scrape time (outbox, pending records, subscribers)."""
+        m = self.metrics
+        with contextlib.suppress(StoreError):  # /readyz reports it; the gauge keeps its value
+            m.outbox_pending.set((await self.store.count_deliveries())[DeliveryState.PENDING])
+        m.records_pending.set(len(self.poller.pending))
+        active = set(self.dispatcher.active)
+        for sub in self.settings.subscribers:
+            m.subscriber_enabled.labels(sub.id).set(1 if sub.id in active else 0)
+        m.progress_streams.set(len(self.watcher.watching) if self.watcher else 0)
+
     def _polled(self, result: PollResult) -> None:
+        m = self.metrics
+        m.polls.labels("ok").inc()
+        m.pages_per_poll.observe(result.pages)
+        m.last_poll_success.set(self.clock.now())
+        for event in result.events:
+            m.events.labels(event.type).inc()
         if self.watcher is not None:
             self.watcher.update(self.poller.pending)
         if result.deliveries:
@@ -115,6 +155,7 @@ class Service:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll and deliver until `stop` is set; in-flight deliveries get `timeout_s` to end."""
+        admin = await self._start_admin() if self.settings.admin.enabled else None
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.poller.run(stop))
@@ -122,6 +163,26 @@ class Service:
         finally:
             if self.watcher is not None:
                 await self.watcher.close()
+            if admin is not None:
+                await admin.cleanup()
+        log.info("stopped cleanly")
+
+    async def _start_admin(self) -> web.AppRunner:
+        from bridge.admin.app import create_app
+
+        cfg = self.settings.admin
+        runner = web.AppRunner(create_app(self), access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, cfg.host, cfg.port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise BridgeError(
+                f"admin server cannot listen on {cfg.host}:{cfg.port}: {exc}"
+            ) from exc
+        self.admin_port = runner.addresses[0][1]
+        log.info("admin server listening", host=cfg.host, port=self.admin_port)
+        return runner
 
     async def __aexit__(
         self,

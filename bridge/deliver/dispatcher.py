@@ -82,17 +82,45 @@ class Dispatcher:
             if not sub.enabled and health is not None and health != SubscriberHealth():
                 self._health[sub.id] = SubscriberHealth()
                 await self._store.set_subscriber_health(sub.id, SubscriberHealth())
-        disabled = {sid for sid, h in self._health.items() if h.disabled_at is not None}
-        self._active = [sid for sid in self._active if sid not in disabled]
-        for sid in sorted(disabled & set(self._subs)):
-            log.warning(
-                "subscriber stays disabled", subscriber=sid, reason=self._health[sid].reason
-            )
+        self._refresh_active()
+        for sid in self._subs:
+            if sid not in self._active and self._subs[sid].enabled:
+                log.warning(
+                    "subscriber stays disabled", subscriber=sid, reason=self._health[sid].reason
+                )
+
+    def _refresh_active(self) -> None:
+        self._active = [
+            s.id
+            for s in self._subs.values()
+            if s.enabled and self._health.get(s.id, SubscriberHealth()).disabled_at is None
+        ]
 
     @property
     def active(self) -> list[str]:
         """Subscribers whose deliveries are being sent."""
         return list(self._active)
+
+    def health(self, subscriber_id: str) -> SubscriberHealth:
+        return self._health.get(subscriber_id, SubscriberHealth())
+
+    async def set_enabled(self, subscriber_id: str, enabled: bool, *, reason: str) -> None:
+        """An operator's enable (clears the failure record, resumes sending) or disable
+        (kept across restarts, deliveries stay queued)."""
+        health = self.health(subscriber_id)
+        if enabled:
+            updated = SubscriberHealth()
+        else:
+            updated = replace(health, disabled_at=self._clock.now(), reason=reason)
+        self._health[subscriber_id] = updated
+        await self._store.set_subscriber_health(subscriber_id, updated)
+        self._refresh_active()
+        log.warning(
+            "subscriber enabled" if enabled else "subscriber disabled",
+            subscriber=subscriber_id,
+            reason=reason,
+        )
+        self.wake()
 
     def wake(self) -> None:
         """New deliveries may be due: look now instead of at the next planned time."""
@@ -111,8 +139,8 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep up to `max_in_flight` deliveries going until `stop` is set, then let the
-        in-flight ones finish within `timeout_s` (the rest keep their lease and are retried
-        after it expires)."""
+        in-flight ones finish within `timeout_s`; the rest are released, due at the next
+        start (a crash instead leaves them leased until the lease expires)."""
         try:
             while not stop.is_set():
                 self._wake.clear()
@@ -164,6 +192,17 @@ class Dispatcher:
     async def _deliver_in_lane(self, lane: Lane, delivery: Delivery) -> None:
         try:
             await self._deliver(delivery)
+        except asyncio.CancelledError:
+            # shutdown ran out of time: hand the delivery back, due at the next start
+            released = await self._store.release(delivery, now=self._clock.now())
+            if released:
+                log.warning(
+                    "delivery interrupted by shutdown, sent again at the next start",
+                    event_id=delivery.event.id,
+                    subscriber=delivery.subscriber_id,
+                    attempt=delivery.attempts + 1,
+                )
+            raise
         finally:
             lane.in_flight -= 1
 

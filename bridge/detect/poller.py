@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import structlog
 
@@ -28,6 +29,7 @@ from bridge.store.base import (
 )
 
 log = structlog.get_logger("bridge.poll")
+T = TypeVar("T")
 
 JITTER = 0.1
 DEBOUNCE_S = 0.25
@@ -71,8 +73,10 @@ class Poller:
         clock: Clock,
         rand: Callable[[], float] = random.random,
         on_poll: Callable[[PollResult], None] | None = None,
+        on_failure: Callable[[str], None] = lambda _result: None,
     ) -> None:
         self._client = client
+        self._on_failure = on_failure  # "auth_failed" or "error" for each failed poll
         self._store = store
         self._upstream = upstream
         self._subscribers = list(subscribers)
@@ -182,23 +186,28 @@ class Poller:
         last = await self._store.get_meta(LAST_FULL_SCAN)
         return interval > 0 and last is not None and now - float(last) >= interval
 
-    def interval_s(self) -> float:
-        """The next wait: short while records are pending, long when idle, ±10 % jitter."""
+    def base_interval_s(self) -> float:
+        """The interval in effect: short while records are pending, long when idle."""
         up = self._upstream
-        base = up.poll_interval_s if self.pending else up.idle_poll_interval_s
-        return base * (1 + JITTER * (2 * self._rand() - 1))
+        return up.poll_interval_s if self.pending else up.idle_poll_interval_s
+
+    def interval_s(self) -> float:
+        """The next wait: `base_interval_s()` ± 10 % jitter."""
+        return self.base_interval_s() * (1 + JITTER * (2 * self._rand() - 1))
 
     async def poll_once(self) -> float:
         """One guarded poll; returns how long to wait before the next one."""
         try:
             await self.tick()
         except UpstreamAuthError as exc:
+            self._on_failure("auth_failed")
             self.last_error, self.auth_failed = str(exc), True
             log.error(
                 "poll failed: API key rejected; not ready until it works again", error=str(exc)
             )
             return self.interval_s()
         except UpstreamUnavailable as exc:
+            self._on_failure("error")
             self._failures += 1
             self.last_error = str(exc)
             backoff = min(MAX_BACKOFF_S, self._upstream.poll_interval_s * 2**self._failures)
@@ -207,6 +216,7 @@ class Poller:
             log.warning("poll failed, backing off", error=str(exc), retry_in_s=round(delay, 1))
             return float(delay)
         except (UpstreamError, StoreError) as exc:
+            self._on_failure("error")
             self.last_error = str(exc)
             log.warning("poll failed, will try again", error=str(exc))
             return self.interval_s()
@@ -217,8 +227,24 @@ class Poller:
         """Poll until `stop` is set: after each poll wait its interval, or a debounce after
         `request_scan()`. Failures are logged and retried, never fatal to the service."""
         while not stop.is_set():
-            delay = await self.poll_once()
+            delay = await _unless_stopped(self.poll_once(), stop)
+            if delay is None:
+                log.info("polling stopped; the interrupted poll changed nothing")
+                return
             await sleep_or_event(self._clock, delay, stop, self._kick)
             if self._kick.is_set() and not stop.is_set():
                 await sleep_or_event(self._clock, DEBOUNCE_S, stop)  # let a burst coalesce
                 self._kick.clear()
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
+    """`work`'s result, or None once `stop` is set first (`work` is then cancelled)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        stopper.cancel()
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return None

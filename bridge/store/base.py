@@ -5,11 +5,19 @@ Adapters (SQLite now) implement it; nothing above this line knows which database
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bridge.models import Attempt, Delivery, DeliveryState, DeliveryView, Event, RecordState
+from bridge.models import (
+    Attempt,
+    Delivery,
+    DeliveryState,
+    DeliveryView,
+    Event,
+    RecordState,
+    Replayed,
+)
 
 # meta keys
 BASELINE_MARK = "baseline_mark"  # created_at of the newest record of the first scan
@@ -115,8 +123,45 @@ class Store(Protocol):
         state: DeliveryState | None = None,
         subscriber: str | None = None,
         limit: int = 100,
+        before: int | None = None,
     ) -> list[DeliveryView]:
-        """Newest first, with their attempt history."""
+        """Newest first (ids below `before` when given), with their attempt history."""
+        ...
+
+    async def get_delivery(self, delivery_id: int) -> DeliveryView | None: ...
+
+    async def list_events(
+        self, *, event_type: str | None = None, limit: int = 100, before: str | None = None
+    ) -> list[Event] | None:
+        """Stored events newest first; with `before` (an event id) the ones recorded before
+        it. None when `before` names no stored event."""
+        ...
+
+    async def retry(self, delivery_id: int, *, now: float) -> DeliveryState | None:
+        """Send a delivery again now: a dead letter gets a fresh schedule, a pending one
+        becomes due at once, a delivered one is left alone. Returns the state it was in
+        (None: no such delivery)."""
+        ...
+
+    async def replay(
+        self,
+        *,
+        since: float,
+        event_type: str | None,
+        targets: Callable[[str], Sequence[str]],
+        now: float,
+    ) -> Replayed:
+        """Enqueue again every stored event since `since` (of `event_type` if given) for the
+        subscribers `targets(type)` names, same event ids. Deliveries already pending stay as
+        they are; subscribers added since the event was recorded get one."""
+        ...
+
+    async def release(self, delivery: Delivery, *, now: float) -> bool:
+        """Give up a claimed delivery without an attempt (shutdown): due again at `now`."""
+        ...
+
+    async def counts_by_subscriber(self) -> dict[str, dict[DeliveryState, int]]:
+        """Delivery counts per subscriber and state."""
         ...
 
     async def count_deliveries(self) -> dict[DeliveryState, int]: ...
@@ -126,7 +171,3 @@ class Store(Protocol):
         ...
 
     async def set_subscriber_health(self, subscriber_id: str, health: SubscriberHealth) -> None: ...
-
-    async def requeue(self, delivery_id: int, *, now: float) -> bool:
-        """Send a dead-lettered delivery again (same event id, a fresh schedule)."""
-        ...

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from bridge.errors import StoreError
 from bridge.models import (
@@ -19,7 +19,9 @@ from bridge.models import (
     DeliveryView,
     Event,
     RecordState,
+    Replayed,
 )
+from bridge.store import sqlite_ops as ops
 from bridge.store.base import (
     BASELINE_MARK,
     AttemptOutcome,
@@ -363,25 +365,36 @@ class SqliteStore:
         state: DeliveryState | None = None,
         subscriber: str | None = None,
         limit: int = 100,
+        before: int | None = None,
     ) -> list[DeliveryView]:
-        def query(conn: sqlite3.Connection) -> list[DeliveryView]:
-            where, params = [], []
-            if state is not None:
-                where.append("d.state = ?")
-                params.append(state.value)
-            if subscriber is not None:
-                where.append("d.subscriber_id = ?")
-                params.append(subscriber)
-            clause = f"WHERE {' AND '.join(where)}" if where else ""
-            rows = conn.execute(
-                "SELECT d.id, e.id, e.type, d.subscriber_id, d.state, d.attempts,"
-                " d.next_attempt_at FROM deliveries d JOIN events e ON e.seq = d.event_seq"
-                f" {clause} ORDER BY d.id DESC LIMIT ?",
-                [*params, limit],
-            ).fetchall()
-            return [_view(conn, row) for row in rows]
+        return await self._run(lambda c: ops.list_deliveries(c, state, subscriber, limit, before))
 
-        return await self._run(query)
+    async def get_delivery(self, delivery_id: int) -> DeliveryView | None:
+        return await self._run(lambda c: ops.get_delivery(c, delivery_id))
+
+    async def list_events(
+        self, *, event_type: str | None = None, limit: int = 100, before: str | None = None
+    ) -> list[Event] | None:
+        return await self._run(lambda c: ops.list_events(c, event_type, limit, before))
+
+    async def retry(self, delivery_id: int, *, now: float) -> DeliveryState | None:
+        return await self._tx(lambda c: ops.retry(c, delivery_id, now))
+
+    async def replay(
+        self,
+        *,
+        since: float,
+        event_type: str | None,
+        targets: Callable[[str], Sequence[str]],
+        now: float,
+    ) -> Replayed:
+        return await self._tx(lambda c: ops.replay(c, since, event_type, targets, now))
+
+    async def release(self, delivery: Delivery, *, now: float) -> bool:
+        return await self._tx(lambda c: ops.release(c, delivery.id, delivery.lease_token, now))
+
+    async def counts_by_subscriber(self) -> dict[str, dict[DeliveryState, int]]:
+        return await self._run(ops.counts_by_subscriber)
 
     async def subscriber_health(self) -> dict[str, SubscriberHealth]:
         rows = await self._run(
@@ -402,16 +415,6 @@ class SqliteStore:
             )
         )
 
-    async def requeue(self, delivery_id: int, *, now: float) -> bool:
-        cur = await self._tx(
-            lambda c: c.execute(
-                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
-                " updated_at = ? WHERE id = ? AND state = 'failed'",
-                (now, now, delivery_id),
-            )
-        )
-        return cur.rowcount == 1
-
     async def count_deliveries(self) -> dict[DeliveryState, int]:
         rows = await self._run(
             lambda c: c.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall()
@@ -419,28 +422,6 @@ class SqliteStore:
         counts = dict.fromkeys(DeliveryState, 0)
         counts.update({DeliveryState(state): n for state, n in rows})
         return counts
-
-
-def _view(conn: sqlite3.Connection, row: Sequence[Any]) -> DeliveryView:
-    history = tuple(
-        Attempt(*a)
-        for a in conn.execute(
-            "SELECT attempted_at, status_code, latency_ms, error, response_excerpt"
-            " FROM attempts WHERE delivery_id = ? ORDER BY id",
-            (row[0],),
-        )
-    )
-    state = DeliveryState(row[4])
-    return DeliveryView(
-        id=row[0],
-        event_id=row[1],
-        event_type=row[2],
-        subscriber_id=row[3],
-        state=state,
-        attempts=row[5],
-        next_attempt_at=row[6] if state is DeliveryState.PENDING else None,
-        history=history,
-    )
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -50,8 +49,10 @@ class MunsitClient:
         backoff_max_s: float = 15.0,
         rand: Callable[[], float] = random.random,
         stream_session: aiohttp.ClientSession | None = None,
+        on_response: Callable[[str], None] = lambda _code: None,
     ) -> None:
         self._session = session
+        self._on_response = on_response  # "200", "429", …, "timeout" or "error" per request
         # progress streams stay open for minutes: their own pool, so polls never queue behind
         self._stream_session = stream_session or session
         self._base_url = base_url.rstrip("/")
@@ -155,13 +156,14 @@ class MunsitClient:
                 status = resp.status
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"), now=self._now())
         except TimeoutError as exc:
+            self._on_response("timeout")
             raise UpstreamUnavailable(
                 f"GET /denoise timed out after {self._timeout.total} s"
             ) from exc
         except aiohttp.ClientError as exc:
+            self._on_response("error")
             raise UpstreamUnavailable(f"GET /denoise failed: {_describe(exc)}") from exc
-        except asyncio.CancelledError:
-            raise
+        self._on_response(str(status))
         return _parse_list(status, body, retry_after, offset)
 
 

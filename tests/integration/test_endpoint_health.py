@@ -148,8 +148,8 @@ async def test_dead_letter_is_listed_and_requeued_with_the_same_id(
         await clock.advance(1)
         await svc.dispatcher.drain_once()
         [dead] = await svc.store.list_deliveries(state=DeliveryState.FAILED)
-        assert await svc.store.requeue(dead.id, now=clock.now())
-        assert not await svc.store.requeue(dead.id, now=clock.now())  # only failed ones
+        assert await svc.store.retry(dead.id, now=clock.now()) is DeliveryState.FAILED
+        assert await svc.store.retry(dead.id, now=clock.now()) is DeliveryState.PENDING
         await svc.dispatcher.drain_once()
         [view] = await svc.store.list_deliveries()
     assert view.state is DeliveryState.DELIVERED and len(view.history) == 3

@@ -1,0 +1,300 @@
+"""The admin app: `/healthz`, `/readyz`, `/metrics` and the operator's API under `/api`."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from bridge.admin import views
+from bridge.admin.health import readiness
+from bridge.admin.openapi import document
+from bridge.deliver.sendtest import send_test
+from bridge.errors import BridgeError, RequestError, StoreError
+from bridge.metrics import CONTENT_TYPE
+from bridge.models import EVENT_TYPES, DeliveryState
+from bridge.replay import parse_since, replay
+from bridge.service import Service
+
+log = structlog.get_logger("bridge.admin")
+
+SERVICE = web.AppKey("service", Service)
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(service: Service) -> web.Application:
+    """The admin application over a running (entered) `Service`."""
+    app = web.Application(middlewares=[_errors, _auth])
+    app[SERVICE] = service
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/openapi.json", openapi)
+    app.router.add_get("/api/subscribers", list_subscribers)
+    app.router.add_post("/api/subscribers/{id}/enable", enable_subscriber)
+    app.router.add_post("/api/subscribers/{id}/disable", disable_subscriber)
+    app.router.add_post("/api/subscribers/{id}/test", test_subscriber)
+    app.router.add_get("/api/events", list_events)
+    app.router.add_get("/api/deliveries", list_deliveries)
+    app.router.add_get("/api/deliveries/{id}", get_delivery)
+    app.router.add_post("/api/deliveries/{id}/retry", retry_delivery)
+    app.router.add_post("/api/replay", post_replay)
+    return app
+
+
+def error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure as JSON `{"error": …}` with its status code."""
+    try:
+        return await handler(request)
+    except RequestError as exc:
+        return error(400, str(exc))
+    except StoreError as exc:
+        log.error("admin request failed: store", path=request.path, error=str(exc))
+        return error(503, f"store unavailable: {exc}")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error(exc.status, exc.text or exc.reason)
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer token on `/api/*` when `admin.token` is set, compared in constant time."""
+    token = request.app[SERVICE].settings.admin.token
+    if token is not None and request.path.startswith("/api"):
+        offered = request.headers.get("Authorization", "")
+        expected = f"Bearer {token.get_secret_value()}"
+        if not hmac.compare_digest(offered.encode(), expected.encode()):
+            response = error(401, "missing or wrong bearer token (Authorization: Bearer …)")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="munsit-bridge"'
+            return response
+    return await handler(request)
+
+
+# --- health and metrics ---------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    store_error: str | None = None
+    try:
+        await service.store.ping()
+    except BridgeError as exc:
+        store_error = str(exc)
+    poller = service.poller
+    reasons = readiness(
+        now=service.clock.now(),
+        store_error=store_error,
+        auth_failed=poller.auth_failed,
+        last_success_at=poller.last_success_at,
+        last_error=poller.last_error,
+        interval_s=poller.base_interval_s(),
+    )
+    body = {
+        "ready": not reasons,
+        "reasons": reasons,
+        "last_poll_success_at": views.iso(poller.last_success_at),
+    }
+    return web.json_response(body, status=503 if reasons else 200)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    await service.refresh_gauges()
+    return web.Response(body=service.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(document())
+
+
+# --- parameters -----------------------------------------------------------------------
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", str(DEFAULT_LIMIT))
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise RequestError(f"limit: {raw!r} is not an integer from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def _int_param(raw: str, name: str) -> int:
+    if not raw.isdigit() or len(raw) > 18:
+        raise RequestError(f"{name}: {raw!r} is not a delivery id (a positive integer)")
+    return int(raw)
+
+
+def _event_type(raw: str | None) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if raw not in EVENT_TYPES:
+        raise RequestError(f"type: unknown event type {raw!r} (one of {', '.join(EVENT_TYPES)})")
+    return raw
+
+
+def _subscriber(request: web.Request) -> Any:
+    service = request.app[SERVICE]
+    sid = request.match_info["id"]
+    sub = next((s for s in service.settings.subscribers if s.id == sid), None)
+    if sub is None:
+        raise web.HTTPNotFound(text=f"no subscriber {sid!r}")
+    return sub
+
+
+# --- subscribers ----------------------------------------------------------------------
+
+
+async def _subscriber_json(service: Service, sid: str) -> dict[str, Any]:
+    sub = next(s for s in service.settings.subscribers if s.id == sid)
+    counts = (await service.store.counts_by_subscriber()).get(sid)
+    return views.subscriber(sub, service.dispatcher.health(sid), counts)
+
+
+async def list_subscribers(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    counts = await service.store.counts_by_subscriber()
+    subs = [
+        views.subscriber(s, service.dispatcher.health(s.id), counts.get(s.id))
+        for s in service.settings.subscribers
+    ]
+    return web.json_response({"subscribers": subs})
+
+
+async def enable_subscriber(request: web.Request) -> web.Response:
+    service, sub = request.app[SERVICE], _subscriber(request)
+    if not sub.enabled:
+        raise web.HTTPConflict(
+            text=f"subscriber {sub.id!r} is paused in the configuration (enabled = false); "
+            "set enabled = true and restart"
+        )
+    if service.dispatcher.health(sub.id).disabled_at is not None:
+        await service.dispatcher.set_enabled(sub.id, True, reason="enabled through the admin API")
+    return web.json_response(await _subscriber_json(service, sub.id))
+
+
+async def disable_subscriber(request: web.Request) -> web.Response:
+    service, sub = request.app[SERVICE], _subscriber(request)
+    if service.dispatcher.health(sub.id).disabled_at is None:
+        await service.dispatcher.set_enabled(sub.id, False, reason="disabled through the admin API")
+    return web.json_response(await _subscriber_json(service, sub.id))
+
+
+async def test_subscriber(request: web.Request) -> web.Response:
+    service, sub = request.app[SERVICE], _subscriber(request)
+    attempt = await send_test(sub, service.settings.delivery)
+    ok = attempt.status_code is not None and 200 <= attempt.status_code < 300
+    return web.json_response({"subscriber": sub.id, "ok": ok, **views.attempt(attempt)})
+
+
+# --- events and deliveries ------------------------------------------------------------
+
+
+async def list_events(request: web.Request) -> web.Response:
+    service, limit = request.app[SERVICE], _limit(request)
+    before = request.query.get("before") or None
+    events = await service.store.list_events(
+        event_type=_event_type(request.query.get("type")), limit=limit, before=before
+    )
+    if events is None:
+        raise RequestError(f"before: no stored event {before!r}")
+    next_before = events[-1].id if len(events) == limit else None
+    return web.json_response(
+        {"events": [views.event(e) for e in events], "next_before": next_before}
+    )
+
+
+async def list_deliveries(request: web.Request) -> web.Response:
+    service, limit = request.app[SERVICE], _limit(request)
+    raw_state = request.query.get("state") or None
+    if raw_state is not None and raw_state not in DeliveryState.__members__.values():
+        choices = "|".join(s.value for s in DeliveryState)
+        raise RequestError(f"state: {raw_state!r} is not one of {choices}")
+    raw_before = request.query.get("before") or None
+    found = await service.store.list_deliveries(
+        state=DeliveryState(raw_state) if raw_state else None,
+        subscriber=request.query.get("subscriber") or None,
+        limit=limit,
+        before=_int_param(raw_before, "before") if raw_before else None,
+    )
+    next_before = found[-1].id if len(found) == limit else None
+    return web.json_response(
+        {
+            "deliveries": [views.delivery(d, with_attempts=False) for d in found],
+            "next_before": next_before,
+        }
+    )
+
+
+async def get_delivery(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    delivery_id = _int_param(request.match_info["id"], "id")
+    found = await service.store.get_delivery(delivery_id)
+    if found is None:
+        raise web.HTTPNotFound(text=f"no delivery {delivery_id}")
+    return web.json_response(views.delivery(found, with_attempts=True))
+
+
+async def retry_delivery(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    delivery_id = _int_param(request.match_info["id"], "id")
+    was = await service.store.retry(delivery_id, now=service.clock.now())
+    if was is None:
+        raise web.HTTPNotFound(text=f"no delivery {delivery_id}")
+    if was is DeliveryState.DELIVERED:
+        raise web.HTTPConflict(
+            text=f"delivery {delivery_id} was delivered; use POST /api/replay to send its "
+            "event again"
+        )
+    service.dispatcher.wake()
+    found = await service.store.get_delivery(delivery_id)
+    assert found is not None
+    return web.json_response(
+        {"was": was.value, "delivery": views.delivery(found, with_attempts=False)}
+    )
+
+
+REPLAY_KEYS = frozenset({"since", "subscriber", "type"})
+
+
+async def post_replay(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    try:
+        body: Any = json.loads(await request.read() or b"null")
+    except ValueError as exc:
+        raise RequestError(f"body: not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise RequestError('body: expected a JSON object like {"since": "2026-11-24T00:00:00Z"}')
+    unknown = sorted(set(body) - REPLAY_KEYS)
+    if unknown:
+        raise RequestError(f"{unknown[0]}: unknown key (expected since, subscriber, type)")
+    for key in REPLAY_KEYS & set(body):
+        if body[key] is not None and not isinstance(body[key], str):
+            raise RequestError(f"{key}: expected a string")
+    if not body.get("since"):
+        raise RequestError("since: required (an ISO 8601 time)")
+    result = await replay(
+        service.store,
+        service.settings.subscribers,
+        since=parse_since(body["since"]),
+        subscriber=body.get("subscriber"),
+        event_type=_event_type(body.get("type")),
+        now=service.clock.now(),
+    )
+    service.dispatcher.wake()
+    log.info("replay", events=result.events, deliveries=result.deliveries)
+    return web.json_response({"events": result.events, "deliveries": result.deliveries})

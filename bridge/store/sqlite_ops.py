@@ -1,0 +1,172 @@
+"""The operator's queries on the SQLite store: listing, one delivery, retry, replay, release.
+
+Plain functions of a connection, run by `SqliteStore` on its worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bridge.models import Attempt, DeliveryState, DeliveryView, Event, Replayed
+
+_VIEW_COLUMNS = (
+    "SELECT d.id, e.id, e.type, d.subscriber_id, d.state, d.attempts, d.next_attempt_at,"
+    " e.record_id, d.created_at, d.updated_at FROM deliveries d JOIN events e"
+    " ON e.seq = d.event_seq"
+)
+REPLAY_CHUNK = 500
+
+
+def view(conn: sqlite3.Connection, row: Sequence[Any]) -> DeliveryView:
+    history = tuple(
+        Attempt(*a)
+        for a in conn.execute(
+            "SELECT attempted_at, status_code, latency_ms, error, response_excerpt"
+            " FROM attempts WHERE delivery_id = ? ORDER BY id",
+            (row[0],),
+        )
+    )
+    state = DeliveryState(row[4])
+    return DeliveryView(
+        id=row[0],
+        event_id=row[1],
+        event_type=row[2],
+        subscriber_id=row[3],
+        state=state,
+        attempts=row[5],
+        next_attempt_at=row[6] if state is DeliveryState.PENDING else None,
+        history=history,
+        record_id=row[7],
+        created_at=row[8],
+        updated_at=row[9],
+    )
+
+
+def list_deliveries(
+    conn: sqlite3.Connection,
+    state: DeliveryState | None,
+    subscriber: str | None,
+    limit: int,
+    before: int | None,
+) -> list[DeliveryView]:
+    where: list[str] = []
+    params: list[Any] = []
+    if state is not None:
+        where.append("d.state = ?")
+        params.append(state.value)
+    if subscriber is not None:
+        where.append("d.subscriber_id = ?")
+        params.append(subscriber)
+    if before is not None:
+        where.append("d.id < ?")
+        params.append(before)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = conn.execute(
+        f"{_VIEW_COLUMNS} {clause} ORDER BY d.id DESC LIMIT ?", [*params, limit]
+    ).fetchall()
+    return [view(conn, row) for row in rows]
+
+
+def get_delivery(conn: sqlite3.Connection, delivery_id: int) -> DeliveryView | None:
+    row = conn.execute(f"{_VIEW_COLUMNS} WHERE d.id = ?", (delivery_id,)).fetchone()
+    return None if row is None else view(conn, row)
+
+
+def list_events(
+    conn: sqlite3.Connection, event_type: str | None, limit: int, before: str | None
+) -> list[Event] | None:
+    where: list[str] = []
+    params: list[Any] = []
+    if before is not None:
+        found = conn.execute("SELECT seq FROM events WHERE id = ?", (before,)).fetchone()
+        if found is None:
+            return None
+        where.append("seq < ?")
+        params.append(found[0])
+    if event_type is not None:
+        where.append("type = ?")
+        params.append(event_type)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = conn.execute(
+        "SELECT id, type, record_id, occurred_at, previous_status, data FROM events"
+        f" {clause} ORDER BY seq DESC LIMIT ?",
+        [*params, limit],
+    ).fetchall()
+    return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+
+
+def retry(conn: sqlite3.Connection, delivery_id: int, now: float) -> DeliveryState | None:
+    row = conn.execute("SELECT state FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+    if row is None:
+        return None
+    state = DeliveryState(row[0])
+    if state is DeliveryState.FAILED:
+        conn.execute(
+            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
+            " updated_at = ? WHERE id = ?",
+            (now, now, delivery_id),
+        )
+    elif state is DeliveryState.PENDING:
+        conn.execute(
+            "UPDATE deliveries SET next_attempt_at = MIN(next_attempt_at, ?), updated_at = ?"
+            " WHERE id = ?",
+            (now, now, delivery_id),
+        )
+    return state
+
+
+def replay(
+    conn: sqlite3.Connection,
+    since: float,
+    event_type: str | None,
+    targets: Callable[[str], Sequence[str]],
+    now: float,
+) -> Replayed:
+    where = "occurred_at >= ?"
+    params: list[Any] = [since]
+    if event_type is not None:
+        where += " AND type = ?"
+        params.append(event_type)
+    events = deliveries = 0
+    last_seq = 0
+    while True:
+        rows = conn.execute(
+            f"SELECT seq, type FROM events WHERE {where} AND seq > ? ORDER BY seq LIMIT ?",
+            [*params, last_seq, REPLAY_CHUNK],
+        ).fetchall()
+        if not rows:
+            return Replayed(events, deliveries)
+        for seq, etype in rows:
+            events += 1
+            for sub in targets(etype):
+                cur = conn.execute(
+                    "INSERT INTO deliveries (event_seq, subscriber_id, state, next_attempt_at,"
+                    " created_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?)"
+                    " ON CONFLICT (event_seq, subscriber_id) DO UPDATE SET state = 'pending',"
+                    " attempts = 0, next_attempt_at = excluded.next_attempt_at,"
+                    " updated_at = excluded.updated_at WHERE deliveries.state != 'pending'",
+                    (seq, sub, now, now, now),
+                )
+                deliveries += cur.rowcount
+        last_seq = rows[-1][0]
+
+
+def release(conn: sqlite3.Connection, delivery_id: int, token: str, now: float) -> bool:
+    cur = conn.execute(
+        "UPDATE deliveries SET lease_until = NULL, lease_token = NULL, next_attempt_at = ?,"
+        " updated_at = ? WHERE id = ? AND lease_token = ? AND state = 'pending'",
+        (now, now, delivery_id, token),
+    )
+    return cur.rowcount == 1
+
+
+def counts_by_subscriber(conn: sqlite3.Connection) -> dict[str, dict[DeliveryState, int]]:
+    counts: dict[str, dict[DeliveryState, int]] = {}
+    for sub, state, n in conn.execute(
+        "SELECT subscriber_id, state, COUNT(*) FROM deliveries GROUP BY subscriber_id, state"
+    ):
+        counts.setdefault(sub, dict.fromkeys(DeliveryState, 0))[DeliveryState(state)] = n
+    return counts
