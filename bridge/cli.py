@@ -17,8 +17,9 @@ from bridge import __version__
 from bridge.config import Settings, load_settings, resolve_path
 from bridge.deliver.sendtest import send_test
 from bridge.deliver.verify import VerifyError, parse_header, verify
-from bridge.errors import BridgeError, ConfigError
+from bridge.errors import BridgeError, ConfigError, RequestError
 from bridge.logging import configure
+from bridge.models import Replayed
 from bridge.service import Service, build_store
 
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG = 0, 1, 2
@@ -43,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     send = sub.add_parser("send-test", help="send a bridge.test event to one subscriber now")
     send.add_argument("id", help="subscriber id")
     send.add_argument("--config", help="TOML file (default: $BRIDGE_CONFIG or ./bridge.toml)")
+
+    rep = sub.add_parser("replay", help="send stored events again, with their original ids")
+    rep.add_argument("--since", required=True, help="ISO 8601 time, e.g. 2026-11-24T00:00:00Z")
+    rep.add_argument("--subscriber", help="only this subscriber")
+    rep.add_argument("--type", help="only this event type, e.g. denoise.completed")
+    rep.add_argument("--config", help="TOML file (default: $BRIDGE_CONFIG or ./bridge.toml)")
 
     ver = sub.add_parser("verify", help="verify a received webhook as a receiver would")
     ver.add_argument("--secret", required=True, help="the subscriber's whsec_ secret")
@@ -71,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_demo())
         if args.command == "send-test":
             return _send_test(args.id, args.config)
+        if args.command == "replay":
+            return _replay(args.config, args.since, args.subscriber, args.type)
         if args.command == "verify":
             return _verify(args.secret, args.body_file, args.header, args.tolerance_s)
         if args.command == "simulate":
@@ -193,3 +202,45 @@ def _send_test(subscriber_id: str, config: str | None) -> int:
         print(f"response: {attempt.response_excerpt}")
     ok = attempt.status_code is not None and 200 <= attempt.status_code < 300
     return EXIT_OK if ok else EXIT_FATAL
+
+
+def _replay(config: str | None, since: str, subscriber: str | None, event_type: str | None) -> int:
+    try:
+        settings = _load(config)
+    except ConfigError as exc:
+        print(f"munsit-bridge: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        result = asyncio.run(_replay_async(settings, since, subscriber, event_type))
+    except RequestError as exc:
+        print(f"munsit-bridge: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except BridgeError as exc:
+        print(f"munsit-bridge: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    print(
+        f"replayed {result.events} stored events: {result.deliveries} deliveries queued "
+        "(a running bridge sends them within a minute)"
+    )
+    return EXIT_OK
+
+
+async def _replay_async(
+    settings: Settings, since: str, subscriber: str | None, event_type: str | None
+) -> Replayed:
+    from bridge.replay import parse_since, replay
+
+    when = parse_since(since)
+    store = build_store(settings)
+    await store.open()
+    try:
+        return await replay(
+            store,
+            settings.subscribers,
+            since=when,
+            subscriber=subscriber,
+            event_type=event_type,
+            now=time.time(),
+        )
+    finally:
+        await store.close()

@@ -25,6 +25,7 @@ log = structlog.get_logger("bridge.deliver")
 
 IDLE_WAIT_S = 60.0
 STORE_RETRY_S = 5.0
+SHUTDOWN_SLACK_S = 2.0  # after `timeout_s`, to record the outcome of the last requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +140,8 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep up to `max_in_flight` deliveries going until `stop` is set, then let the
-        in-flight ones finish within `timeout_s`; the rest are released, due at the next
-        start (a crash instead leaves them leased until the lease expires)."""
+        in-flight ones finish (each ends by its own `timeout_s`); the rest are released,
+        due at the next start (a crash instead leaves them leased until the lease expires)."""
         try:
             while not stop.is_set():
                 self._wake.clear()
@@ -216,9 +217,16 @@ class Dispatcher:
         await sleep_or_event(self._clock, delay_s, self._wake, stop)
 
     async def _finish_inflight(self) -> None:
+        """Every request in flight ends by its own `timeout_s`; the slack lets its outcome be
+        recorded. Whatever is still running after that is released."""
         if not self._inflight:
             return
-        _, pending = await asyncio.wait(self._inflight, timeout=self._config.timeout_s)
+        log.info("waiting for deliveries in flight", count=len(self._inflight))
+        timer = asyncio.ensure_future(self._clock.sleep(self._config.timeout_s + SHUTDOWN_SLACK_S))
+        while self._inflight and not timer.done():
+            await asyncio.wait({*self._inflight, timer}, return_when=asyncio.FIRST_COMPLETED)
+        timer.cancel()
+        pending = set(self._inflight)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
