@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint types unit run examples clean
+.PHONY: demo test lint types unit run examples bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,8 @@ run: $(STAMP)
 	$(BIN)/munsit-bridge run --config bridge.toml
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check bridge tests
-	$(BIN)/ruff format --check bridge tests
+	$(BIN)/ruff check bridge tests bench
+	$(BIN)/ruff format --check bridge tests bench
 
 types: $(DEV_STAMP)
 	$(BIN)/mypy
@@ -35,6 +35,9 @@ unit: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q
 
 test: lint types unit
+
+bench: $(DEV_STAMP)
+	$(BIN)/python -m bench.throughput
 
 examples: $(STAMP)
 	$(BIN)/python -m bridge.examples --write README.md

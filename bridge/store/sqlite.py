@@ -91,14 +91,20 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX events_record ON events (record_id, seq);
     CREATE INDEX deliveries_lane ON deliveries (subscriber_id, state, event_seq);
     """,
+    """
+    CREATE INDEX deliveries_claim ON deliveries (subscriber_id, next_attempt_at, id)
+        WHERE state = 'pending';
+    """,
 )
 
 # per (subscriber, record), nothing goes while an earlier event is still pending
+# (CROSS JOIN keeps this order: from the record's few earlier events, never from the lane's
+# many pending deliveries)
 _IN_ORDER = """
     NOT EXISTS (
-        SELECT 1 FROM deliveries p JOIN events pe ON pe.seq = p.event_seq
-        WHERE p.subscriber_id = d.subscriber_id AND p.state = 'pending'
-        AND p.event_seq < d.event_seq AND pe.record_id = e.record_id
+        SELECT 1 FROM events pe CROSS JOIN deliveries p
+        WHERE pe.record_id = e.record_id AND pe.seq < d.event_seq
+        AND p.event_seq = pe.seq AND p.subscriber_id = d.subscriber_id AND p.state = 'pending'
     )
 """
 
