@@ -8,6 +8,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -116,6 +117,8 @@ class SqliteStore:
         self.path = path
         self._conn: sqlite3.Connection | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._finished: list[tuple[Delivery, Attempt, AttemptOutcome, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
@@ -166,6 +169,8 @@ class SqliteStore:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
@@ -318,36 +323,29 @@ class SqliteStore:
     async def finish_attempt(
         self, delivery: Delivery, attempt: Attempt, outcome: AttemptOutcome
     ) -> bool:
-        def write(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
-                "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
-                " lease_until = NULL, lease_token = NULL, updated_at = ?"
-                " WHERE id = ? AND lease_token = ?",
-                (
-                    outcome.state.value,
-                    outcome.next_attempt_at,
-                    attempt.attempted_at,
-                    delivery.id,
-                    delivery.lease_token,
-                ),
-            )
-            if cur.rowcount == 0:
-                return False
-            conn.execute(
-                "INSERT INTO attempts (delivery_id, attempted_at, status_code, latency_ms, error,"
-                " response_excerpt) VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    delivery.id,
-                    attempt.attempted_at,
-                    attempt.status_code,
-                    attempt.latency_ms,
-                    attempt.error,
-                    attempt.response_excerpt,
-                ),
-            )
-            return True
+        """Group commit: attempts that finish while a write is running are recorded together
+        in the next transaction, so many concurrent deliveries cost few commits."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._finished.append((delivery, attempt, outcome, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_finished())
+        return await asyncio.shield(future)
 
-        return await self._tx(write)
+    async def _flush_finished(self) -> None:
+        while self._finished:
+            batch, self._finished = self._finished, []
+            try:
+                kept = await self._tx(
+                    partial(ops.finish_attempts, [(d, a, o) for d, a, o, _ in batch])
+                )
+            except Exception as exc:
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (*_, future), result in zip(batch, kept, strict=True):
+                if not future.done():
+                    future.set_result(result)
 
     async def next_due_at(self, subscribers: Sequence[str]) -> float | None:
         subs = list(subscribers)

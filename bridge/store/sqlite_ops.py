@@ -10,7 +10,8 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bridge.models import Attempt, DeliveryState, DeliveryView, Event, Replayed
+from bridge.models import Attempt, Delivery, DeliveryState, DeliveryView, Event, Replayed
+from bridge.store.base import AttemptOutcome
 
 _VIEW_COLUMNS = (
     "SELECT d.id, e.id, e.type, d.subscriber_id, d.state, d.attempts, d.next_attempt_at,"
@@ -170,3 +171,42 @@ def counts_by_subscriber(conn: sqlite3.Connection) -> dict[str, dict[DeliverySta
     ):
         counts.setdefault(sub, dict.fromkeys(DeliveryState, 0))[DeliveryState(state)] = n
     return counts
+
+
+def finish_attempt(
+    conn: sqlite3.Connection, delivery: Delivery, attempt: Attempt, outcome: AttemptOutcome
+) -> bool:
+    """Record one attempt and release the lease; False when the lease was lost."""
+    cur = conn.execute(
+        "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
+        " lease_until = NULL, lease_token = NULL, updated_at = ?"
+        " WHERE id = ? AND lease_token = ?",
+        (
+            outcome.state.value,
+            outcome.next_attempt_at,
+            attempt.attempted_at,
+            delivery.id,
+            delivery.lease_token,
+        ),
+    )
+    if cur.rowcount == 0:
+        return False
+    conn.execute(
+        "INSERT INTO attempts (delivery_id, attempted_at, status_code, latency_ms, error,"
+        " response_excerpt) VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            delivery.id,
+            attempt.attempted_at,
+            attempt.status_code,
+            attempt.latency_ms,
+            attempt.error,
+            attempt.response_excerpt,
+        ),
+    )
+    return True
+
+
+def finish_attempts(
+    items: Sequence[tuple[Delivery, Attempt, AttemptOutcome]], conn: sqlite3.Connection
+) -> list[bool]:
+    return [finish_attempt(conn, d, a, o) for d, a, o in items]
