@@ -142,6 +142,7 @@ class Dispatcher:
         """Keep up to `max_in_flight` deliveries going until `stop` is set, then let the
         in-flight ones finish (each ends by its own `timeout_s`); the rest are released,
         due at the next start (a crash instead leaves them leased until the lease expires)."""
+        relay = asyncio.create_task(self._wake_on(stop))
         try:
             while not stop.is_set():
                 self._wake.clear()
@@ -150,10 +151,17 @@ class Dispatcher:
                 except StoreError as exc:
                     log.error("cannot claim deliveries, will try again", error=str(exc))
                     delay_s = STORE_RETRY_S
-                if delay_s != 0.0:
-                    await self._wait_for(stop, delay_s)
+                if delay_s is None:
+                    await self._wake.wait()  # a slot freed up, new work, or stop
+                elif delay_s > 0.0:
+                    await sleep_or_event(self._clock, delay_s, self._wake)
         finally:
+            relay.cancel()
             await self._finish_inflight()
+
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._wake.set()
 
     async def _fill(self) -> tuple[int, float | None]:
         """Start due deliveries lane by lane (taking turns, within each lane's concurrency
@@ -212,9 +220,6 @@ class Dispatcher:
         self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task crashed", error=repr(task.exception()))
-
-    async def _wait_for(self, stop: asyncio.Event, delay_s: float | None) -> None:
-        await sleep_or_event(self._clock, delay_s, self._wake, stop)
 
     async def _finish_inflight(self) -> None:
         """Every request in flight ends by its own `timeout_s`; the slack lets its outcome be
