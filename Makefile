@@ -38,6 +38,7 @@ test: lint types unit
 
 bench: $(DEV_STAMP)
 	$(BIN)/python -m bench.throughput
+	$(BIN)/python -m bench.poll_cost
 
 examples: $(STAMP)
 	$(BIN)/python -m bridge.examples --write README.md
