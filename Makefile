@@ -39,6 +39,7 @@ test: lint types unit
 bench: $(DEV_STAMP)
 	$(BIN)/python -m bench.throughput
 	$(BIN)/python -m bench.poll_cost
+	$(BIN)/python -m bench.isolation
 
 examples: $(STAMP)
 	$(BIN)/python -m bridge.examples --write README.md
