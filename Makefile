@@ -40,6 +40,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python -m bench.throughput
 	$(BIN)/python -m bench.poll_cost
 	$(BIN)/python -m bench.isolation
+	$(BIN)/python -m bench.latency
 
 examples: $(STAMP)
 	$(BIN)/python -m bridge.examples --write README.md
