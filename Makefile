@@ -41,6 +41,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python -m bench.poll_cost
 	$(BIN)/python -m bench.isolation
 	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.memory
 
 examples: $(STAMP)
 	$(BIN)/python -m bridge.examples --write README.md
