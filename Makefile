@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint types unit run examples bench clean
+.PHONY: demo test lint types unit run examples bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench: $(DEV_STAMP)
 	$(BIN)/python -m bench.isolation
 	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.memory
+
+soak: $(DEV_STAMP)
+	BRIDGE_SOAK_KILLS=100 BRIDGE_SOAK_RECORDS=5000 $(BIN)/python -m pytest -q \
+		-o timeout=1800 tests/integration/test_kill_restart.py tests/faults
 
 examples: $(STAMP)
 	$(BIN)/python -m bridge.examples --write README.md

@@ -94,6 +94,8 @@ def _load(config: str | None) -> Settings:
 
 
 def _run(config: str | None) -> int:
+    # until the event loop takes over, SIGTERM stops start-up as cleanly as Ctrl-C does
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         settings = _load(config)
     except ConfigError as exc:
