@@ -173,7 +173,7 @@ class Dispatcher:
         now = self._clock.now()
         active = self._active
         self._turn = (self._turn + 1) % max(1, len(active))
-        started, open_lanes, waits = 0, [], []
+        started, rooms, waits = 0, [], []
         for sid in active[self._turn :] + active[: self._turn]:
             lane = self._lanes[sid]
             room = lane.room(now, free)
@@ -181,15 +181,18 @@ class Dispatcher:
                 if lane.in_flight < lane.max_concurrency and free > 0:
                     waits.append(lane.bucket.wait_s(now))  # throttled, not busy
                 continue
-            open_lanes.append(sid)
-            for delivery in await self._claim(sid, room, now):
-                lane.bucket.take(now)
-                lane.in_flight += 1
-                task = asyncio.create_task(self._deliver_in_lane(lane, delivery))
-                self._inflight.add(task)
-                task.add_done_callback(self._task_done)
-                started += 1
-                free -= 1
+            rooms.append((sid, room))
+            free -= room
+        open_lanes = [sid for sid, _ in rooms]
+        claimed = await self._store.claim_lanes(now=now, lease_s=self.lease_s, rooms=rooms)
+        for delivery in claimed:
+            lane = self._lanes[delivery.subscriber_id]
+            lane.bucket.take(now)
+            lane.in_flight += 1
+            task = asyncio.create_task(self._deliver_in_lane(lane, delivery))
+            self._inflight.add(task)
+            task.add_done_callback(self._task_done)
+            started += 1
         if started:
             await asyncio.sleep(0)
             return started, 0.0
@@ -235,11 +238,6 @@ class Dispatcher:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-
-    async def _claim(self, subscriber_id: str, limit: int, now: float) -> list[Delivery]:
-        return await self._store.claim_due(
-            now=now, limit=limit, lease_s=self.lease_s, subscribers=[subscriber_id]
-        )
 
     async def _deliver(self, delivery: Delivery) -> None:
         sub = self._subs[delivery.subscriber_id]

@@ -107,6 +107,13 @@ class Store(Protocol):
         """Lease up to `limit` due pending deliveries of `subscribers` until `now + lease_s`."""
         ...
 
+    async def claim_lanes(
+        self, *, now: float, lease_s: float, rooms: Sequence[tuple[str, int]]
+    ) -> list[Delivery]:
+        """`claim_due` for several subscribers at once, each up to its own room, in one
+        round trip."""
+        ...
+
     async def finish_attempt(
         self, delivery: Delivery, attempt: Attempt, outcome: AttemptOutcome
     ) -> bool:

@@ -96,18 +96,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deliveries_claim ON deliveries (subscriber_id, next_attempt_at, id)
         WHERE state = 'pending';
     """,
+    """
+    DROP INDEX deliveries_due;
+    DROP INDEX deliveries_lane;
+    """,
 )
-
-# per (subscriber, record), nothing goes while an earlier event is still pending
-# (CROSS JOIN keeps this order: from the record's few earlier events, never from the lane's
-# many pending deliveries)
-_IN_ORDER = """
-    NOT EXISTS (
-        SELECT 1 FROM events pe CROSS JOIN deliveries p
-        WHERE pe.record_id = e.record_id AND pe.seq < d.event_seq
-        AND p.event_seq = pe.seq AND p.subscriber_id = d.subscriber_id AND p.state = 'pending'
-    )
-"""
 
 
 class SqliteStore:
@@ -283,40 +276,23 @@ class SqliteStore:
         if not subs or limit <= 0:
             return []
         token = uuid.uuid4().hex
+        return await self._tx(
+            lambda c: ops.claim(c, subs, limit, now=now, until=now + lease_s, token=token)
+        )
+
+    async def claim_lanes(
+        self, *, now: float, lease_s: float, rooms: Sequence[tuple[str, int]]
+    ) -> list[Delivery]:
+        token = uuid.uuid4().hex
 
         def claim(conn: sqlite3.Connection) -> list[Delivery]:
-            marks = ",".join("?" * len(subs))
-            rows = conn.execute(
-                "SELECT d.id, d.subscriber_id, d.attempts, e.id, e.type, e.record_id,"
-                " e.occurred_at, e.previous_status, e.data FROM deliveries d"
-                " JOIN events e ON e.seq = d.event_seq"
-                " WHERE d.state = 'pending' AND d.next_attempt_at <= ?"
-                " AND (d.lease_until IS NULL OR d.lease_until <= ?)"
-                f" AND d.subscriber_id IN ({marks}) AND {_IN_ORDER}"
-                " ORDER BY d.next_attempt_at, d.id LIMIT ?",
-                [now, now, *subs, limit],
-            ).fetchall()
-            conn.executemany(
-                "UPDATE deliveries SET lease_until = ?, lease_token = ? WHERE id = ?",
-                [(now + lease_s, token, row[0]) for row in rows],
-            )
-            return [
-                Delivery(
-                    id=row[0],
-                    subscriber_id=row[1],
-                    attempts=row[2],
-                    lease_token=token,
-                    event=Event(
-                        id=row[3],
-                        type=row[4],
-                        record_id=row[5],
-                        occurred_at=row[6],
-                        previous_status=row[7],
-                        data=json.loads(row[8]),
-                    ),
-                )
-                for row in rows
-            ]
+            claimed: list[Delivery] = []
+            for sub, room in rooms:
+                if room > 0:
+                    claimed += ops.claim(
+                        conn, [sub], room, now=now, until=now + lease_s, token=token
+                    )
+            return claimed
 
         return await self._tx(claim)
 
@@ -356,7 +332,7 @@ class SqliteStore:
             lambda c: c.execute(
                 "SELECT MIN(MAX(d.next_attempt_at, COALESCE(d.lease_until, 0)))"
                 " FROM deliveries d JOIN events e ON e.seq = d.event_seq"
-                f" WHERE d.state = 'pending' AND d.subscriber_id IN ({marks}) AND {_IN_ORDER}",
+                f" WHERE d.state = 'pending' AND d.subscriber_id IN ({marks}) AND {ops.IN_ORDER}",
                 subs,
             ).fetchone()
         )

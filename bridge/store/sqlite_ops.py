@@ -20,6 +20,54 @@ _VIEW_COLUMNS = (
 )
 REPLAY_CHUNK = 500
 
+# per (subscriber, record), nothing goes while an earlier event is still pending (CROSS JOIN
+# keeps this order: from the record's few earlier events, never from the lane's many pending
+# deliveries)
+IN_ORDER = """
+    NOT EXISTS (
+        SELECT 1 FROM events pe CROSS JOIN deliveries p
+        WHERE pe.record_id = e.record_id AND pe.seq < d.event_seq
+        AND p.event_seq = pe.seq AND p.subscriber_id = d.subscriber_id AND p.state = 'pending'
+    )
+"""
+
+
+def claim(
+    conn: sqlite3.Connection,
+    subscribers: Sequence[str],
+    limit: int,
+    *,
+    now: float,
+    until: float,
+    token: str,
+) -> list[Delivery]:
+    """Lease up to `limit` due deliveries of `subscribers` (oldest due first, in order)."""
+    marks = ",".join("?" * len(subscribers))
+    rows = conn.execute(
+        "SELECT d.id, d.subscriber_id, d.attempts, e.id, e.type, e.record_id,"
+        " e.occurred_at, e.previous_status, e.data FROM deliveries d"
+        " JOIN events e ON e.seq = d.event_seq"
+        " WHERE d.state = 'pending' AND d.next_attempt_at <= ?"
+        " AND (d.lease_until IS NULL OR d.lease_until <= ?)"
+        f" AND d.subscriber_id IN ({marks}) AND {IN_ORDER}"
+        " ORDER BY d.next_attempt_at, d.id LIMIT ?",
+        [now, now, *subscribers, limit],
+    ).fetchall()
+    conn.executemany(
+        "UPDATE deliveries SET lease_until = ?, lease_token = ? WHERE id = ?",
+        [(until, token, row[0]) for row in rows],
+    )
+    return [
+        Delivery(
+            id=row[0],
+            subscriber_id=row[1],
+            attempts=row[2],
+            lease_token=token,
+            event=Event(row[3], row[4], row[5], row[6], row[7], json.loads(row[8])),
+        )
+        for row in rows
+    ]
+
 
 def view(conn: sqlite3.Connection, row: Sequence[Any]) -> DeliveryView:
     history = tuple(
