@@ -65,7 +65,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error(exc.status, exc.text or exc.reason)
+        response = error(exc.status, exc.text or exc.reason)
+        if "Allow" in exc.headers:  # 405 lists the methods the route supports
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
 
 
 @web.middleware
@@ -126,6 +129,13 @@ async def openapi(request: web.Request) -> web.Response:
 # --- parameters -----------------------------------------------------------------------
 
 
+def _only(request: web.Request, *allowed: str) -> None:
+    """400 for a query parameter the route does not know (a typo must not pass silently)."""
+    unknown = sorted(set(request.query) - set(allowed))
+    if unknown:
+        raise RequestError(f"{unknown[0]}: unknown parameter (expected {', '.join(allowed)})")
+
+
 def _limit(request: web.Request) -> int:
     raw = request.query.get("limit", str(DEFAULT_LIMIT))
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
@@ -134,7 +144,7 @@ def _limit(request: web.Request) -> int:
 
 
 def _int_param(raw: str, name: str) -> int:
-    if not raw.isdigit() or len(raw) > 18:
+    if not raw.isdigit() or len(raw) > 18 or int(raw) < 1:
         raise RequestError(f"{name}: {raw!r} is not a delivery id (a positive integer)")
     return int(raw)
 
@@ -205,13 +215,14 @@ async def test_subscriber(request: web.Request) -> web.Response:
 
 
 async def list_events(request: web.Request) -> web.Response:
+    _only(request, "type", "limit", "before")
     service, limit = request.app[SERVICE], _limit(request)
     before = request.query.get("before") or None
     events = await service.store.list_events(
         event_type=_event_type(request.query.get("type")), limit=limit, before=before
     )
     if events is None:
-        raise RequestError(f"before: no stored event {before!r}")
+        raise web.HTTPNotFound(text=f"before: no stored event {before!r}")
     next_before = events[-1].id if len(events) == limit else None
     return web.json_response(
         {"events": [views.event(e) for e in events], "next_before": next_before}
@@ -219,6 +230,7 @@ async def list_events(request: web.Request) -> web.Response:
 
 
 async def list_deliveries(request: web.Request) -> web.Response:
+    _only(request, "state", "subscriber", "limit", "before")
     service, limit = request.app[SERVICE], _limit(request)
     raw_state = request.query.get("state") or None
     if raw_state is not None and raw_state not in DeliveryState.__members__.values():
@@ -287,11 +299,14 @@ async def post_replay(request: web.Request) -> web.Response:
             raise RequestError(f"{key}: expected a string")
     if not body.get("since"):
         raise RequestError("since: required (an ISO 8601 time)")
+    subscriber = body.get("subscriber") or None
+    if subscriber is not None and subscriber not in {s.id for s in service.settings.subscribers}:
+        raise web.HTTPNotFound(text=f"subscriber: no subscriber {subscriber!r}")
     result = await replay(
         service.store,
         service.settings.subscribers,
         since=parse_since(body["since"]),
-        subscriber=body.get("subscriber"),
+        subscriber=subscriber,
         event_type=_event_type(body.get("type")),
         now=service.clock.now(),
     )

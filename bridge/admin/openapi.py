@@ -46,6 +46,15 @@ _LIMIT = {
 }
 
 _SCHEMAS: dict[str, Any] = {
+    "Readiness": {
+        "type": "object",
+        "required": ["ready", "reasons", "last_poll_success_at"],
+        "properties": {
+            "ready": {"type": "boolean"},
+            "reasons": {"type": "array", "items": {"type": "string"}},
+            "last_poll_success_at": _NULLABLE_TIME,
+        },
+    },
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -203,7 +212,8 @@ def document() -> dict[str, Any]:
                         {
                             "name": "before",
                             "in": "query",
-                            "description": "an event id: the events recorded before it",
+                            "description": "an event id (404 if none is stored): the events"
+                            " recorded before it",
                             "schema": {"type": "string"},
                         },
                     ],
@@ -222,7 +232,7 @@ def document() -> dict[str, Any]:
                             },
                             "a page of events",
                         ),
-                        **_errors(400),
+                        **_errors(400, 404),
                     },
                 }
             },
@@ -266,7 +276,7 @@ def document() -> dict[str, Any]:
             "/api/deliveries/{id}": {
                 "get": {
                     "summary": "One delivery with every attempt",
-                    "parameters": [_id_param("delivery id", r"^[0-9]+$")],
+                    "parameters": [_id_param("delivery id", r"^[1-9][0-9]{0,17}$")],
                     "responses": {
                         "200": _json({"$ref": "#/components/schemas/Delivery"}, "the delivery"),
                         **_errors(400, 404),
@@ -276,7 +286,7 @@ def document() -> dict[str, Any]:
             "/api/deliveries/{id}/retry": {
                 "post": {
                     "summary": "Send a failed or waiting delivery again now (same event id)",
-                    "parameters": [_id_param("delivery id", r"^[0-9]+$")],
+                    "parameters": [_id_param("delivery id", r"^[1-9][0-9]{0,17}$")],
                     "responses": {
                         "200": _json(
                             {
@@ -325,7 +335,45 @@ def document() -> dict[str, Any]:
                             },
                             "how many events matched and deliveries were enqueued",
                         ),
-                        **_errors(400),
+                        **_errors(400, 404),
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "200 while the process runs",
+                    "security": [],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["status"],
+                                "properties": {"status": {"const": "ok"}},
+                            },
+                            "alive",
+                        )
+                    },
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Ready: the store answers and a poll succeeded within 3 intervals",
+                    "security": [],
+                    "responses": {
+                        code: _json({"$ref": "#/components/schemas/Readiness"}, words)
+                        for code, words in (("200", "ready"), ("503", "not ready, with reasons"))
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text exposition format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
                     },
                 }
             },

@@ -206,7 +206,6 @@ async def test_events_filter_and_paginate(rig: Rig) -> None:
         ("limit=abc", "limit: 'abc'"),
         ("limit=1001", "limit: '1001'"),
         ("type=denoise.done", "type: unknown event type 'denoise.done'"),
-        ("before=evt_nope", "before: no stored event 'evt_nope'"),
     ],
 )
 async def test_events_bad_parameters(rig: Rig, query: str, message: str) -> None:
@@ -215,6 +214,11 @@ async def test_events_bad_parameters(rig: Rig, query: str, message: str) -> None
 
 
 # --- deliveries --------------------------------------------------------------------------
+
+
+async def test_events_unknown_cursor_is_404(rig: Rig) -> None:
+    body = await get_json(rig.http, "/api/events?before=evt_nope", 404)
+    assert body == {"error": "before: no stored event 'evt_nope'"}
 
 
 async def test_deliveries_list_get_and_attempts(rig: Rig) -> None:
@@ -242,6 +246,7 @@ async def test_deliveries_list_get_and_attempts(rig: Rig) -> None:
         ("/api/deliveries?state=done", 400, "state: 'done' is not one of pending|delivered|failed"),
         ("/api/deliveries?limit=-1", 400, "limit: '-1'"),
         ("/api/deliveries?before=x", 400, "before: 'x' is not a delivery id"),
+        ("/api/deliveries?before=0", 400, "before: '0' is not a delivery id"),
         ("/api/deliveries/abc", 400, "id: 'abc' is not a delivery id"),
         ("/api/deliveries/999", 404, "no delivery 999"),
     ],
@@ -316,7 +321,6 @@ async def test_replay_route(rig: Rig) -> None:
         ({}, "since: required"),
         ({"since": "soon"}, "since: 'soon' is not an ISO 8601 time"),
         ({"since": "2026-01-01", "until": "x"}, "until: unknown key"),
-        ({"since": "2026-01-01", "subscriber": "nobody"}, "subscriber: no subscriber 'nobody'"),
         ({"since": "2026-01-01", "type": "denoise.x"}, "type: unknown event type 'denoise.x'"),
         ({"since": 5}, "since: expected a string"),
         ([1, 2], "body: expected a JSON object"),
@@ -325,6 +329,19 @@ async def test_replay_route(rig: Rig) -> None:
 async def test_replay_bad_bodies(rig: Rig, payload: Any, message: str) -> None:
     body = await post_json(rig.http, "/api/replay", 400, json=payload)
     assert body["error"].startswith(message)
+
+
+async def test_replay_unknown_subscriber_is_404(rig: Rig) -> None:
+    payload = {"since": "2026-01-01", "subscriber": "nobody"}
+    body = await post_json(rig.http, "/api/replay", 404, json=payload)
+    assert body == {"error": "subscriber: no subscriber 'nobody'"}
+
+
+async def test_unknown_query_parameters_are_refused(rig: Rig) -> None:
+    body = await get_json(rig.http, "/api/deliveries?stat=failed", 400)
+    assert body["error"].startswith("stat: unknown parameter (expected state, subscriber")
+    body = await get_json(rig.http, "/api/events?typ=x", 400)
+    assert body["error"].startswith("typ: unknown parameter")
 
 
 async def test_replay_invalid_json(rig: Rig) -> None:
