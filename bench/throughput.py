@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     with open(os.devnull, "w") as sink:
-        configure("info", "json", sink)  # the production log volume, written nowhere
+        configure("info", "json", sink, cache=True)  # production logging, written nowhere
         asyncio.run(main_async(args.events, args.rounds))
 
 

@@ -101,7 +101,7 @@ def _run(config: str | None) -> int:
     except ConfigError as exc:
         print(f"munsit-bridge: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    configure(settings.log.level, settings.log.format)
+    configure(settings.log.level, settings.log.format, cache=True)  # configured once here
     try:
         asyncio.run(_serve(settings))
     except BridgeError as exc:

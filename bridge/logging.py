@@ -16,8 +16,11 @@ _LEVELS = {
 }
 
 
-def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Configure structlog once for the process; every line has timestamp, level and event."""
+def configure(
+    level: str = "info", fmt: str = "auto", stream: TextIO | None = None, *, cache: bool = False
+) -> None:
+    """Configure structlog; every line has timestamp, level and event. `cache` binds each
+    logger once (faster; for a process that configures logging once, as `run` does)."""
     out = stream or sys.stdout
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: structlog.typing.Processor = (
@@ -35,5 +38,5 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(out),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )
