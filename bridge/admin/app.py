@@ -69,6 +69,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if "Allow" in exc.headers:  # 405 lists the methods the route supports
             response.headers["Allow"] = exc.headers["Allow"]
         return response
+    except Exception as exc:  # a bug: still JSON, logged, and no details leaked
+        log.error("admin request crashed", path=request.path, error=repr(exc))
+        return error(500, "internal error (logged)")
 
 
 @web.middleware
@@ -76,9 +79,12 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bearer token on `/api/*` when `admin.token` is set, compared in constant time."""
     token = request.app[SERVICE].settings.admin.token
     if token is not None and request.path.startswith("/api"):
-        offered = request.headers.get("Authorization", "")
-        expected = f"Bearer {token.get_secret_value()}"
-        if not hmac.compare_digest(offered.encode(), expected.encode()):
+        scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
+        # bytes that are not UTF-8 arrive as lone surrogates: compare them as they came
+        given = offered.encode("utf-8", "surrogateescape")
+        expected = token.get_secret_value().encode()
+        # the scheme is case-insensitive (RFC 9110); the token is compared in constant time
+        if not (hmac.compare_digest(given, expected) and scheme.lower() == "bearer"):
             response = error(401, "missing or wrong bearer token (Authorization: Bearer …)")
             response.headers["WWW-Authenticate"] = 'Bearer realm="munsit-bridge"'
             return response
@@ -138,13 +144,18 @@ def _only(request: web.Request, *allowed: str) -> None:
 
 def _limit(request: web.Request) -> int:
     raw = request.query.get("limit", str(DEFAULT_LIMIT))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not _digits(raw) or not 1 <= int(raw) <= MAX_LIMIT:
         raise RequestError(f"limit: {raw!r} is not an integer from 1 to {MAX_LIMIT}")
     return int(raw)
 
 
+def _digits(raw: str) -> bool:
+    """ASCII digits only: `str.isdigit` also passes `²`, which `int()` rejects."""
+    return raw.isascii() and raw.isdigit()
+
+
 def _int_param(raw: str, name: str) -> int:
-    if not raw.isdigit() or len(raw) > 18 or int(raw) < 1:
+    if not _digits(raw) or len(raw) > 18 or int(raw) < 1:
         raise RequestError(f"{name}: {raw!r} is not a delivery id (a positive integer)")
     return int(raw)
 
@@ -287,7 +298,7 @@ async def post_replay(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     try:
         body: Any = json.loads(await request.read() or b"null")
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise RequestError(f"body: not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise RequestError('body: expected a JSON object like {"since": "2026-11-24T00:00:00Z"}')
