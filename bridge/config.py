@@ -9,12 +9,13 @@ import base64
 import binascii
 import fnmatch
 import ipaddress
+import json
 import os
 import re
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -32,6 +33,7 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from bridge.errors import ConfigError
@@ -52,6 +54,7 @@ RESERVED_HEADERS = frozenset(
     }
 )
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _file_data: ContextVar[dict[str, Any] | None] = ContextVar("bridge_config_file", default=None)
 
@@ -78,6 +81,27 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _header_token(value: SecretStr) -> SecretStr:
+    """A credential sent in a request header: not blank, no control characters."""
+    text = value.get_secret_value()
+    if not text.strip():
+        raise ValueError("must not be empty")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise ValueError("must not contain line breaks or other control characters")
+    return value
+
+
+def _listen_host(value: str) -> str:
+    """An IP address or a DNS host name to listen on."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        labels = value.removesuffix(".").split(".")
+        if len(value) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+            raise ValueError(f"must be an IP address or a host name, got {value!r}") from None
+    return value
+
+
 def check_secret(value: str) -> str:
     """A Standard Webhooks secret: `whsec_` + base64 of 24 to 64 bytes."""
     if not value.startswith("whsec_"):
@@ -92,7 +116,8 @@ def check_secret(value: str) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # TOML and JSON both spell inf and nan: no period, timeout or rate may be either
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class UpstreamConfig(_Section):
@@ -116,9 +141,7 @@ class UpstreamConfig(_Section):
     @field_validator("api_key")
     @classmethod
     def _api_key(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
-            raise ValueError("must not be empty")
-        return value
+        return _header_token(value)
 
 
 class StoreConfig(_Section):
@@ -164,6 +187,17 @@ class AdminConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     token: SecretStr | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return _listen_host(value)
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        # an empty token would let an empty `Authorization: Bearer` through
+        return None if value is None else _header_token(value)
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> AdminConfig:
@@ -326,8 +360,32 @@ def load_settings(path: Path | None, **overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(format_errors(exc)) from None
+    except SettingsError as exc:  # a BRIDGE_ variable of a list or table that is not JSON
+        raise ConfigError(_env_json_problems() or [str(exc)]) from None
     finally:
         _file_data.reset(token)
+
+
+def _env_json_problems() -> list[str]:
+    """`key: reason` for each `BRIDGE_` variable of a list, table or section that is not JSON
+    (the value is never shown: it may hold secrets)."""
+    problems = []
+    for name, value in sorted(os.environ.items()):
+        section, *keys = name.lower().removeprefix("bridge_").split("__")
+        if not name.upper().startswith("BRIDGE_") or section not in Settings.model_fields:
+            continue
+        annotation = Settings.model_fields[section].annotation
+        for key in keys:
+            fields = getattr(annotation, "model_fields", {})
+            annotation = fields[key].annotation if key in fields else None
+        if not (get_origin(annotation) in (list, dict) or hasattr(annotation, "model_fields")):
+            continue
+        try:
+            json.loads(value)
+        except ValueError:
+            path = ".".join([section, *keys])
+            problems.append(f"{path}: {name} is not valid JSON (lists and tables are JSON here)")
+    return problems
 
 
 def format_errors(exc: ValidationError) -> list[str]:

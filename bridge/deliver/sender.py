@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import cache
 
 import aiohttp
 
@@ -12,6 +13,24 @@ from bridge.models import Attempt
 from bridge.retry_after import body_retry_after, parse_retry_after
 
 EXCERPT_BYTES = 4096
+DRAIN_BYTES = 1 << 20  # read no more of an answer than this
+
+
+@cache
+def _timeout(total_s: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=total_s)
+
+
+async def _read_body(content: aiohttp.StreamReader) -> bytes:
+    """The whole body (up to `DRAIN_BYTES`; the connection is dropped after that), keeping
+    its first `EXCERPT_BYTES`. A body cut off or trickling past the timeout raises."""
+    excerpt = bytearray()
+    total = 0
+    while total < DRAIN_BYTES and (chunk := await content.read(65536)):
+        total += len(chunk)
+        if len(excerpt) < EXCERPT_BYTES:
+            excerpt += chunk[: EXCERPT_BYTES - len(excerpt)]
+    return bytes(excerpt)
 
 
 async def post(
@@ -43,12 +62,12 @@ async def post(
             sub.url,
             data=body.encode(),
             headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            timeout=_timeout(timeout_s),
             allow_redirects=False,
         ) as resp:
-            status = resp.status
+            excerpt = await _read_body(resp.content)
+            status = resp.status  # an answer counts once its body is in, within `timeout_s`
             retry_after_s = parse_retry_after(resp.headers.get("Retry-After"), now=now)
-            excerpt = await resp.content.read(EXCERPT_BYTES)
             if status == 429 and (in_body := body_retry_after(excerpt)) is not None:
                 retry_after_s = max(retry_after_s or 0.0, in_body)
             if status >= 300:

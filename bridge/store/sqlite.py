@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
@@ -32,6 +33,9 @@ from bridge.store.base import (
 )
 
 T = TypeVar("T")
+
+# I/O errors of a file that cannot grow: what a full disk or a file-size limit looks like
+_GROWTH_ERRORS = frozenset({"SQLITE_IOERR_WRITE", "SQLITE_IOERR_SHMSIZE", "SQLITE_IOERR_TRUNCATE"})
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -106,8 +110,12 @@ MIGRATIONS: tuple[str, ...] = (
 class SqliteStore:
     """The `Store` port on a SQLite file. All SQL of the project lives here."""
 
-    def __init__(self, path: Path) -> None:
+    busy_timeout_s = 5.0  # how long a write waits for another connection's lock
+
+    def __init__(self, path: Path, *, busy_timeout_s: float | None = None) -> None:
         self.path = path
+        if busy_timeout_s is not None:
+            self.busy_timeout_s = busy_timeout_s
         self._conn: sqlite3.Connection | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._finished: list[tuple[Delivery, Attempt, AttemptOutcome, asyncio.Future[bool]]] = []
@@ -121,29 +129,38 @@ class SqliteStore:
         try:
             return await loop.run_in_executor(self._executor, fn, conn)
         except sqlite3.Error as exc:
-            raise StoreError(f"store {self.path}: {exc}") from exc
+            raise StoreError(f"store {self.path}: {self._explain(exc)}") from exc
+
+    def _explain(self, exc: sqlite3.Error) -> str:
+        """SQLite's message, with what it means for the operator when that is not obvious."""
+        name = getattr(exc, "sqlite_errorname", "")
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            return f"{exc}: another connection holds its lock (waited {self.busy_timeout_s:g} s)"
+        if name.startswith("SQLITE_READONLY"):
+            return f"{exc}: the file or its directory is read-only for this process"
+        if name == "SQLITE_FULL":
+            return f"disk full ({exc})"
+        if name in _GROWTH_ERRORS:
+            return f"{exc} while writing (is the disk full?)"
+        if name.startswith("SQLITE_CANTOPEN") and not os.access(self.path.parent, os.W_OK):
+            return f"{exc}: its directory {self.path.parent} is read-only for this process"
+        return str(exc)
 
     async def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` inside BEGIN IMMEDIATE … COMMIT, rolling back on any error."""
-
-        def wrapped(conn: sqlite3.Connection) -> T:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
-
-        return await self._run(wrapped)
+        return await self._run(partial(_in_transaction, fn))
 
     async def open(self) -> None:
         def connect() -> sqlite3.Connection:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=self.busy_timeout_s,
+            )
             try:
-                conn.execute("PRAGMA busy_timeout = 5000")
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if mode != "wal":
                     raise sqlite3.OperationalError(f"cannot switch to WAL (journal mode {mode})")
@@ -158,7 +175,9 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         try:
             self._conn = await loop.run_in_executor(self._executor, connect)
-        except (sqlite3.Error, OSError) as exc:
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {self.path}: {self._explain(exc)}") from exc
+        except OSError as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
 
     async def close(self) -> None:
@@ -305,7 +324,8 @@ class SqliteStore:
         self._finished.append((delivery, attempt, outcome, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_finished())
-        return await asyncio.shield(future)
+        # a cancelled caller cancels only its future: the batch still records the attempt
+        return await future
 
     async def _flush_finished(self) -> None:
         while self._finished:
@@ -404,6 +424,21 @@ class SqliteStore:
         return counts
 
 
+def _in_transaction(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    """`fn` inside BEGIN IMMEDIATE … COMMIT; on any error (COMMIT's own included) the
+    transaction is rolled back, unless SQLite already did (it does on SQLITE_FULL and some
+    I/O errors), so the first error is the one raised and the connection is left usable."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
     """Bring the schema to the newest version, each step in its own transaction."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -413,12 +448,10 @@ def _migrate(conn: sqlite3.Connection) -> None:
         )
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         statements = [s for s in script.split(";") if s.strip()]
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in statements:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {number}")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        _in_transaction(partial(_apply, statements, number), conn)
+
+
+def _apply(statements: list[str], version: int, conn: sqlite3.Connection) -> None:
+    for statement in statements:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {version}")
