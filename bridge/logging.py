@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
+import orjson
 import structlog
 
 _LEVELS = {
@@ -14,6 +16,11 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+
+
+def _json_line(event_dict: Any, default: Callable[[Any], Any] | None = None) -> str:
+    """One JSON line, compact (keys in the order they were bound)."""
+    return orjson.dumps(event_dict, default=default).decode()
 
 
 def configure(
@@ -26,7 +33,7 @@ def configure(
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=out.isatty())
         if use_console
-        else structlog.processors.JSONRenderer()
+        else structlog.processors.JSONRenderer(serializer=_json_line)
     )
     structlog.configure(
         processors=[

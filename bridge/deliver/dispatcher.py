@@ -13,6 +13,7 @@ import structlog
 from bridge.clock import Clock, sleep_or_event
 from bridge.config import DeliveryConfig, SubscriberConfig
 from bridge.deliver import policy
+from bridge.deliver.ahead import STORE_RETRY_S, Ahead
 from bridge.deliver.formats import render
 from bridge.deliver.lanes import Lane, TokenBucket
 from bridge.deliver.sender import post
@@ -23,8 +24,7 @@ from bridge.store.base import Store, SubscriberHealth
 
 log = structlog.get_logger("bridge.deliver")
 
-IDLE_WAIT_S = 60.0
-STORE_RETRY_S = 5.0
+RECORDING_FACTOR = 2  # answered attempts waiting to be recorded, at most this x max_in_flight
 SHUTDOWN_SLACK_S = 2.0  # after `timeout_s`, to record the outcome of the last requests
 
 
@@ -68,11 +68,20 @@ class Dispatcher:
         # longer than a whole attempt, so no two workers ever send the same delivery at once
         self.lease_s = config.timeout_s + max(5.0, config.timeout_s)
         self._wake = asyncio.Event()
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight: set[asyncio.Task[None]] = set()  # sending or recording
+        self._sending = 0  # requests on the wire: what `max_in_flight` caps
         self._lanes = {
             s.id: Lane(s.id, s.max_concurrency, TokenBucket(s.rate_per_s)) for s in subscribers
         }
         self._turn = 0
+        self._ahead = Ahead(
+            store,
+            self._lanes,
+            lease_s=self.lease_s,
+            timeout_s=config.timeout_s,
+            budget=config.max_in_flight,
+            on_ready=self._wake.set,
+        )
 
     async def load_health(self) -> None:
         """Read which endpoints the bridge disabled. A subscriber set to `enabled = false`
@@ -125,17 +134,20 @@ class Dispatcher:
 
     def wake(self) -> None:
         """New deliveries may be due: look now instead of at the next planned time."""
+        self._ahead.refresh()
         self._wake.set()
 
     async def drain_once(self) -> int:
         """Send everything due now (lanes, order and rate limits as in `run`), waiting for
         each round's outcomes, until nothing more can go at this instant. Returns how many."""
         total = 0
+        self._ahead.refresh()
         while True:
             started, _ = await self._fill()
-            if not started:
-                return total
             total += started
+            if not started and not self._ahead.claiming:
+                return total
+            await self._ahead.settle()
             await asyncio.gather(*list(self._inflight), return_exceptions=True)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -157,6 +169,8 @@ class Dispatcher:
                     await sleep_or_event(self._clock, delay_s, self._wake)
         finally:
             relay.cancel()
+            await self._ahead.settle()
+            await self._ahead.release(self._clock.now())
             await self._finish_inflight()
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
@@ -164,46 +178,68 @@ class Dispatcher:
         self._wake.set()
 
     async def _fill(self) -> tuple[int, float | None]:
-        """Start due deliveries lane by lane (taking turns, within each lane's concurrency
-        and rate, and `max_in_flight` overall). Returns how many started and how long to wait
-        before looking again (0: now, None: until a slot frees up or something wakes us)."""
-        free = self._config.max_in_flight - len(self._inflight)
-        if free <= 0:
-            return 0, None
+        """Start queued deliveries lane by lane (taking turns, within each lane's concurrency
+        and rate, and `max_in_flight` overall) and claim more in the background. Returns how
+        many started and how long to wait before looking again (0: now, None: until a slot
+        frees up, a claim lands or something wakes us)."""
+        free = min(
+            self._config.max_in_flight - self._sending,
+            RECORDING_FACTOR * self._config.max_in_flight - len(self._inflight),
+        )
         now = self._clock.now()
         active = self._active
+        idle = [sid for sid in self._lanes if sid not in active and self._ahead.queued(sid)]
+        if idle:  # disabled meanwhile: what was claimed for it goes back
+            await self._ahead.release(now, idle)
         self._turn = (self._turn + 1) % max(1, len(active))
-        started, rooms, waits = 0, [], []
-        for sid in active[self._turn :] + active[: self._turn]:
+        order = active[self._turn :] + active[: self._turn]
+        started, waits = 0, []
+        for sid in order:
             lane = self._lanes[sid]
-            room = lane.room(now, free)
-            if room <= 0:
-                if lane.in_flight < lane.max_concurrency and free > 0:
-                    waits.append(lane.bucket.wait_s(now))  # throttled, not busy
-                continue
-            rooms.append((sid, room))
-            free -= room
-        open_lanes = [sid for sid, _ in rooms]
-        claimed = await self._store.claim_lanes(now=now, lease_s=self.lease_s, rooms=rooms)
-        for delivery in claimed:
-            lane = self._lanes[delivery.subscriber_id]
-            lane.bucket.take(now)
-            lane.in_flight += 1
-            task = asyncio.create_task(self._deliver_in_lane(lane, delivery))
-            self._inflight.add(task)
-            task.add_done_callback(self._task_done)
-            started += 1
+            room = lane.room(now, free) if free > 0 else 0
+            if room <= 0 and lane.in_flight < lane.max_concurrency and free > 0:
+                waits.append(lane.bucket.wait_s(now))  # throttled, not busy
+            for _ in range(room):
+                delivery = self._ahead.pop(sid, now)
+                if delivery is None:
+                    break
+                self._start(lane, delivery, now)
+                started += 1
+                free -= 1
+        self._ahead.claim(now, order)
         if started:
             await asyncio.sleep(0)
             return started, 0.0
-        if open_lanes:
-            due = await self._store.next_due_at(open_lanes)
-            waits.append(IDLE_WAIT_S if due is None else max(0.0, due - now))
-        return 0, min([IDLE_WAIT_S, *waits]) if waits else None
+        if self._ahead.claiming:
+            return 0, None
+        if self._ahead.dry and self._ahead.due_at is not None:
+            waits.append(max(0.0, self._ahead.due_at - now))
+        return 0, min(waits) if waits else None
+
+    def _start(self, lane: Lane, delivery: Delivery, now: float) -> None:
+        lane.bucket.take(now)
+        lane.in_flight += 1
+        self._sending += 1
+        task = asyncio.create_task(self._deliver_in_lane(lane, delivery))
+        self._inflight.add(task)
+        task.add_done_callback(self._task_done)
 
     async def _deliver_in_lane(self, lane: Lane, delivery: Delivery) -> None:
+        """Send, then record. The lane's slot frees as soon as the response is in: the
+        lease (and the order rule, which reads the stored state) keeps the delivery to this
+        worker until its attempt is recorded, so recording never holds up the next request."""
+        sending = True
+
+        def sent() -> None:
+            nonlocal sending
+            if sending:
+                sending = False
+                lane.in_flight -= 1
+                self._sending -= 1
+                self._wake.set()
+
         try:
-            await self._deliver(delivery)
+            await self._deliver(delivery, sent)
         except asyncio.CancelledError:
             # shutdown ran out of time: hand the delivery back, due at the next start
             released = await self._store.release(delivery, now=self._clock.now())
@@ -216,10 +252,11 @@ class Dispatcher:
                 )
             raise
         finally:
-            lane.in_flight -= 1
+            sent()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
+        self._ahead.refresh()  # a recorded attempt may let the record's next event go
         self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task crashed", error=repr(task.exception()))
@@ -239,11 +276,12 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _deliver(self, delivery: Delivery) -> None:
+    async def _deliver(self, delivery: Delivery, sent: Callable[[], None]) -> None:
         sub = self._subs[delivery.subscriber_id]
         body = render(delivery.event, sub.format)
         attempt_no = delivery.attempts + 1
         attempt, retry_after_s = await self._post(sub, delivery.event.id, body)
+        sent()
         outcome = policy.decide(
             attempt.status_code,
             attempts_done=attempt_no,

@@ -41,28 +41,37 @@ def claim(
     until: float,
     token: str,
 ) -> list[Delivery]:
-    """Lease up to `limit` due deliveries of `subscribers` (oldest due first, in order)."""
+    """Lease up to `limit` due deliveries of `subscribers` (oldest due first, in order).
+
+    The rows come back as one JSON array and the leases are taken by one statement: a
+    statement step per batch rather than per row, as each step hands the interpreter lock
+    back and forth with the event loop's thread."""
     marks = ",".join("?" * len(subscribers))
-    rows = conn.execute(
-        "SELECT d.id, d.subscriber_id, d.attempts, e.id, e.type, e.record_id,"
-        " e.occurred_at, e.previous_status, e.data FROM deliveries d"
-        " JOIN events e ON e.seq = d.event_seq"
+    (found,) = conn.execute(
+        "SELECT json_group_array(json_array(d.id, d.subscriber_id, d.attempts, e.id, e.type,"
+        " e.record_id, e.occurred_at, e.previous_status, e.data, d.next_attempt_at))"
+        " FROM deliveries d JOIN events e ON e.seq = d.event_seq"
+        " WHERE d.id IN (SELECT d.id FROM deliveries d JOIN events e ON e.seq = d.event_seq"
         " WHERE d.state = 'pending' AND d.next_attempt_at <= ?"
         " AND (d.lease_until IS NULL OR d.lease_until <= ?)"
         f" AND d.subscriber_id IN ({marks}) AND {IN_ORDER}"
-        " ORDER BY d.next_attempt_at, d.id LIMIT ?",
+        " ORDER BY d.next_attempt_at, d.id LIMIT ?)",
         [now, now, *subscribers, limit],
-    ).fetchall()
-    conn.executemany(
-        "UPDATE deliveries SET lease_until = ?, lease_token = ? WHERE id = ?",
-        [(until, token, row[0]) for row in rows],
-    )
+    ).fetchone()
+    rows = sorted(json.loads(found), key=lambda row: (row[9], row[0]))
+    if rows:
+        conn.execute(
+            "UPDATE deliveries SET lease_until = ?, lease_token = ?"
+            " WHERE id IN (SELECT value FROM json_each(?))",
+            (until, token, json.dumps([row[0] for row in rows])),
+        )
     return [
         Delivery(
             id=row[0],
             subscriber_id=row[1],
             attempts=row[2],
             lease_token=token,
+            # the record as Python reads it (SQLite's JSON refuses NaN, which upstream may send)
             event=Event(row[3], row[4], row[5], row[6], row[7], json.loads(row[8])),
         )
         for row in rows
@@ -221,40 +230,50 @@ def counts_by_subscriber(conn: sqlite3.Connection) -> dict[str, dict[DeliverySta
     return counts
 
 
-def finish_attempt(
-    conn: sqlite3.Connection, delivery: Delivery, attempt: Attempt, outcome: AttemptOutcome
-) -> bool:
-    """Record one attempt and release the lease; False when the lease was lost."""
-    cur = conn.execute(
-        "UPDATE deliveries SET state = ?, attempts = attempts + 1, next_attempt_at = ?,"
-        " lease_until = NULL, lease_token = NULL, updated_at = ?"
-        " WHERE id = ? AND lease_token = ?",
-        (
-            outcome.state.value,
-            outcome.next_attempt_at,
-            attempt.attempted_at,
-            delivery.id,
-            delivery.lease_token,
-        ),
-    )
-    if cur.rowcount == 0:
-        return False
-    conn.execute(
-        "INSERT INTO attempts (delivery_id, attempted_at, status_code, latency_ms, error,"
-        " response_excerpt) VALUES (?, ?, ?, ?, ?, ?)",
-        (
-            delivery.id,
-            attempt.attempted_at,
-            attempt.status_code,
-            attempt.latency_ms,
-            attempt.error,
-            attempt.response_excerpt,
-        ),
-    )
-    return True
-
-
 def finish_attempts(
     items: Sequence[tuple[Delivery, Attempt, AttemptOutcome]], conn: sqlite3.Connection
 ) -> list[bool]:
-    return [finish_attempt(conn, d, a, o) for d, a, o in items]
+    """Record a batch of attempts and release their leases; False for each delivery whose
+    lease was lost (its attempt is not recorded). Three statements whatever the batch size."""
+    (held,) = conn.execute(
+        "SELECT json_group_array(d.id) FROM json_each(?) j JOIN deliveries d"
+        " ON d.id = json_extract(j.value, '$[0]')"
+        " AND d.lease_token = json_extract(j.value, '$[1]')",
+        (json.dumps([(d.id, d.lease_token) for d, _, _ in items]),),
+    ).fetchone()
+    kept_ids = set(json.loads(held))
+    kept = [(d, a, o) for d, a, o in items if d.id in kept_ids]
+    if kept:
+        conn.execute(
+            "INSERT INTO attempts (delivery_id, attempted_at, status_code, latency_ms, error,"
+            " response_excerpt) SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
+            " json_extract(value, '$[2]'), json_extract(value, '$[3]'),"
+            " json_extract(value, '$[4]'), json_extract(value, '$[5]') FROM json_each(?)",
+            (
+                json.dumps(
+                    [
+                        (
+                            d.id,
+                            a.attempted_at,
+                            a.status_code,
+                            a.latency_ms,
+                            a.error,
+                            a.response_excerpt,
+                        )
+                        for d, a, _ in kept
+                    ]
+                ),
+            ),
+        )
+        conn.execute(
+            "UPDATE deliveries SET state = json_extract(j.value, '$[1]'),"
+            " attempts = attempts + 1, next_attempt_at = json_extract(j.value, '$[2]'),"
+            " lease_until = NULL, lease_token = NULL, updated_at = json_extract(j.value, '$[3]')"
+            " FROM json_each(?) j WHERE deliveries.id = json_extract(j.value, '$[0]')",
+            (
+                json.dumps(
+                    [(d.id, o.state.value, o.next_attempt_at, a.attempted_at) for d, a, o in kept]
+                ),
+            ),
+        )
+    return [d.id in kept_ids for d, _, _ in items]

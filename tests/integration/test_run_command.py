@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -77,8 +78,8 @@ secret = "{secret}"
     [req] = receiver.requests
     body = Webhook(secret).verify(req.body, req.headers)
     assert body["id"] == event_id(job["id"], "denoise.completed")
-    lines = out.decode().splitlines()
-    assert any('"event": "delivered"' in line and '"subscriber": "rx"' in line for line in lines)
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    assert any(line["event"] == "delivered" and line["subscriber"] == "rx" for line in lines)
     assert "proc-key" not in out.decode() + err.decode()
     assert secret not in out.decode() + err.decode()
 

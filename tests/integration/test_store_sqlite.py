@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -164,3 +165,45 @@ async def test_using_a_closed_store_is_a_store_error(tmp_path: Path) -> None:
     s = SqliteStore(tmp_path / "b.db")
     with pytest.raises(StoreError, match="not open"):
         await s.ping()
+
+
+async def test_claimed_events_come_back_exactly_as_stored(store: SqliteStore) -> None:
+    odd = {"id": "r1", "size": 2**70, "ratio": float("inf"), "name": 'réunion "q" ✓\n'}
+    await store.commit_scan(
+        ScanCommit([], [(Event("evt_x", "denoise.completed", "r1", 1.25, None, odd), ["a"])], 1.0)
+    )
+    [d] = await store.claim_due(now=1.0, limit=5, lease_s=60, subscribers=["a"])
+    assert d.event == Event("evt_x", "denoise.completed", "r1", 1.25, None, odd)
+
+
+async def test_a_batch_records_each_attempt_exactly_and_refuses_lost_leases(
+    store: SqliteStore,
+) -> None:
+    await store.commit_scan(
+        ScanCommit([], [(event(n, rid=f"r{n}"), ["a"]) for n in range(3)], now=10.0)
+    )
+    held = await store.claim_due(now=10.0, limit=1, lease_s=5, subscribers=["a"])
+    held += await store.claim_due(now=10.0, limit=2, lease_s=60, subscribers=["a"])
+    # the first lease expires and another worker takes it: its old holder's result is refused
+    [taken] = await store.claim_due(now=16.0, limit=3, lease_s=5, subscribers=["a"])
+    assert taken.id == held[0].id
+    first = Attempt(10.000123456789, 503, 0.1 + 0.2, "HTTP 503", 'réponse "busy" ✓')
+    second = Attempt(11.5, 200, 7.25, None, "")
+    third = Attempt(12.0, None, 15000.0, "timed out after 15.0 s", "")
+    results = await asyncio.gather(
+        store.finish_attempt(held[0], first, AttemptOutcome(DeliveryState.PENDING, 40.5)),
+        store.finish_attempt(held[1], second, AttemptOutcome(DeliveryState.DELIVERED)),
+        store.finish_attempt(held[2], third, AttemptOutcome(DeliveryState.FAILED)),
+    )
+    assert list(results) == [False, True, True]
+    views = {v.id: v for v in await store.list_deliveries(subscriber="a")}
+    assert views[held[0].id].state is DeliveryState.PENDING
+    assert views[held[0].id].history == ()
+    assert views[held[1].id].state is DeliveryState.DELIVERED
+    assert views[held[1].id].history == (second,)
+    assert views[held[2].id].state is DeliveryState.FAILED
+    assert views[held[2].id].history == (third,) and views[held[2].id].attempts == 1
+    # the new holder's result is recorded with the exact values it reported
+    assert await store.finish_attempt(taken, first, AttemptOutcome(DeliveryState.PENDING, 40.5))
+    [view] = [v for v in await store.list_deliveries(subscriber="a") if v.id == taken.id]
+    assert view.history == (first,) and view.next_attempt_at == 40.5

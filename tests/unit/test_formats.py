@@ -61,6 +61,19 @@ def test_every_format_renders_json(name: str, fmt: str) -> None:
     assert isinstance(json.loads(render(EVENTS[name], fmt)), dict)
 
 
+@pytest.mark.parametrize("name", EVENTS)
+def test_body_text_is_compact_utf8_json(name: str) -> None:
+    expected = json.dumps(standard_body(EVENTS[name]), ensure_ascii=False, separators=(",", ":"))
+    assert render(EVENTS[name], "standard") == expected
+
+
+def test_numbers_beyond_64_bits_are_kept_exactly() -> None:
+    huge = event("denoise.completed", audio_size=2**70, file_name="réunion ✓.wav")
+    text = render(huge, "standard")
+    assert json.loads(text)["data"]["audio_size"] == 2**70
+    assert "réunion ✓.wav" in text
+
+
 def test_standard_body_is_the_contract() -> None:
     body = standard_body(EVENTS["completed"])
     assert body == {

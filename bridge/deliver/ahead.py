@@ -1,0 +1,150 @@
+"""Deliveries claimed ahead of their turn, so a claim's round trip to the store never holds
+up the next request: while a lane's requests are in flight, up to one lane's worth more
+waits, leased, behind them, and the next claim runs in the background."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import structlog
+
+from bridge.deliver.lanes import Lane
+from bridge.errors import StoreError
+from bridge.models import Delivery
+from bridge.store.base import Store
+
+log = structlog.get_logger("bridge.deliver")
+
+IDLE_WAIT_S = 60.0
+STORE_RETRY_S = 5.0
+
+
+class Ahead:
+    """Per-lane queues of leased deliveries and the one claim that may be running.
+
+    A lane whose claim found less than it asked for is *dry*: it is not claimed for again
+    until something may have changed (`refresh`: a new event, an attempt recorded, an
+    operator's action) or its next stored delivery falls due (`due_at`). A queued delivery
+    whose lease could run out before its request ends is dropped: the store gives it out
+    again (and a delivery given out again replaces its stale copy in the queue)."""
+
+    def __init__(
+        self,
+        store: Store,
+        lanes: dict[str, Lane],
+        *,
+        lease_s: float,
+        timeout_s: float,
+        budget: int,
+        on_ready: Callable[[], None],
+    ) -> None:
+        self._store = store
+        self._lanes = lanes
+        self._lease_s = lease_s
+        self._usable_s = lease_s - timeout_s - 1.0  # time left in a lease to start a request
+        self._budget = budget
+        self._on_ready = on_ready
+        self._queues: dict[str, deque[tuple[Delivery, float]]] = {sid: deque() for sid in lanes}
+        self._queued_ids: set[int] = set()
+        self._claim: asyncio.Task[None] | None = None
+        self._dry: set[str] = set()
+        self._changes = 0  # refreshes so far: a claim that raced one does not leave it dry
+        self.due_at: float | None = None  # when dry: when to look again
+
+    @property
+    def claiming(self) -> bool:
+        return self._claim is not None and not self._claim.done()
+
+    @property
+    def dry(self) -> bool:
+        """Some lane is waiting for `due_at` or a `refresh`."""
+        return bool(self._dry)
+
+    def queued(self, sid: str) -> int:
+        return len(self._queues[sid])
+
+    def refresh(self) -> None:
+        """The store may hold new due deliveries: the next `claim` looks."""
+        self._dry.clear()
+        self._changes += 1
+
+    def pop(self, sid: str, now: float) -> Delivery | None:
+        """The lane's next delivery, if one waits whose lease still covers a whole request."""
+        queue = self._queues[sid]
+        while queue:
+            delivery, claimed_at = queue.popleft()
+            self._queued_ids.discard(delivery.id)
+            if now - claimed_at <= self._usable_s:
+                return delivery
+        return None
+
+    def claim(self, now: float, order: Sequence[str]) -> None:
+        """Start a claim in the background for the lanes (in `order`) running short."""
+        if self.claiming:
+            return
+        if self._dry and self.due_at is not None and now >= self.due_at:
+            self._dry.clear()
+        budget = self._budget - sum(len(q) for q in self._queues.values())
+        rooms: list[tuple[str, int]] = []
+        for sid in order:
+            lane, queued = self._lanes[sid], len(self._queues[sid])
+            if queued >= lane.max_concurrency or sid in self._dry:
+                continue
+            want = min(
+                2 * lane.max_concurrency - lane.in_flight - queued,
+                lane.bucket.available(now) - queued,
+                budget,
+            )
+            if want > 0:
+                rooms.append((sid, want))
+                budget -= want
+        if rooms:
+            self._claim = asyncio.create_task(self._run_claim(now, rooms))
+
+    async def _run_claim(self, now: float, rooms: list[tuple[str, int]]) -> None:
+        changes = self._changes
+        try:
+            claimed = await self._store.claim_lanes(now=now, lease_s=self._lease_s, rooms=rooms)
+            got = dict.fromkeys((sid for sid, _ in rooms), 0)
+            for delivery in claimed:
+                queue = self._queues[delivery.subscriber_id]
+                if delivery.id in self._queued_ids:
+                    # its old lease ran out while it waited: the new one holds
+                    self._queues[delivery.subscriber_id] = queue = deque(
+                        item for item in queue if item[0].id != delivery.id
+                    )
+                queue.append((delivery, now))
+                self._queued_ids.add(delivery.id)
+                got[delivery.subscriber_id] += 1
+            short = [sid for sid, want in rooms if got[sid] < want]
+            if short and changes == self._changes:
+                due = await self._store.next_due_at([*self._dry, *short])
+                if changes == self._changes:
+                    self._dry.update(short)
+                    self.due_at = now + IDLE_WAIT_S if due is None else max(now, due)
+        except StoreError as exc:
+            log.error("cannot claim deliveries, will try again", error=str(exc))
+            self._dry.update(sid for sid, _ in rooms)
+            self.due_at = now + STORE_RETRY_S
+        finally:
+            self._on_ready()
+
+    async def settle(self) -> None:
+        """Wait for the running claim, if any, to land."""
+        if self._claim is not None:
+            await asyncio.gather(self._claim, return_exceptions=True)
+
+    async def release(self, now: float, sids: Sequence[str] | None = None) -> None:
+        """Hand queued deliveries back to the store, due now (all lanes, or `sids`)."""
+        for sid in self._queues if sids is None else sids:
+            queue = self._queues[sid]
+            while queue:
+                delivery, _ = queue.popleft()
+                self._queued_ids.discard(delivery.id)
+                try:
+                    await self._store.release(delivery, now=now)
+                except StoreError as exc:  # the lease runs out on its own
+                    log.warning("cannot hand a delivery back", error=str(exc))
+                    return

@@ -1,0 +1,249 @@
+"""Deliveries claimed ahead, on a real SQLite store: lanes run dry and wake, stale leases are
+dropped and replaced, queued deliveries go back to the store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from bridge.clock import FakeClock
+from bridge.deliver.ahead import IDLE_WAIT_S, Ahead
+from bridge.deliver.lanes import Lane, TokenBucket
+from bridge.models import DeliveryState, Event
+from bridge.service import Service
+from bridge.store.base import ScanCommit, Store
+from bridge.store.sqlite import SqliteStore
+from tests.integration.helpers import settings_for
+
+LEASE_S = 30.0
+TIMEOUT_S = 15.0
+
+
+def event(n: int) -> Event:
+    rid = f"r{n}"
+    return Event(f"evt_{n}", "denoise.completed", rid, float(n), "pending", {"id": rid})
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "b.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def queue_events(store: Store, numbers: range, sub: str = "a", now: float = 0.0) -> None:
+    await store.commit_scan(ScanCommit([], [(event(n), [sub]) for n in numbers], now=now))
+
+
+def ahead_for(store: SqliteStore, *lanes: Lane, budget: int = 100) -> tuple[Ahead, list[int]]:
+    wakes: list[int] = []
+    ahead = Ahead(
+        store,
+        {lane.subscriber_id: lane for lane in lanes},
+        lease_s=LEASE_S,
+        timeout_s=TIMEOUT_S,
+        budget=budget,
+        on_ready=lambda: wakes.append(1),
+    )
+    return ahead, wakes
+
+
+def lane(sid: str = "a", concurrency: int = 2, rate: float | None = None) -> Lane:
+    return Lane(sid, concurrency, TokenBucket(rate))
+
+
+def drain(ahead: Ahead, sid: str, now: float) -> list[str]:
+    got = []
+    while (d := ahead.pop(sid, now)) is not None:
+        got.append(d.event.id)
+    return got
+
+
+async def test_claims_one_lanes_worth_ahead_of_what_is_in_flight(store: SqliteStore) -> None:
+    await queue_events(store, range(10))
+    busy = lane(concurrency=3)
+    busy.in_flight = 2
+    ahead, wakes = ahead_for(store, busy)
+    ahead.claim(1.0, ["a"])
+    assert ahead.claiming
+    await ahead.settle()
+    assert wakes == [1]  # the dispatcher is told the claim landed
+    assert ahead.queued("a") == 4  # twice the concurrency, less what is in flight
+    assert drain(ahead, "a", 1.0) == ["evt_0", "evt_1", "evt_2", "evt_3"]
+    assert not ahead.dry
+
+
+async def test_a_lane_found_empty_waits_for_a_refresh_or_its_next_due_time(
+    store: SqliteStore,
+) -> None:
+    ahead, _ = ahead_for(store, lane())
+    ahead.claim(1.0, ["a"])
+    await ahead.settle()
+    assert ahead.dry and ahead.due_at == 1.0 + IDLE_WAIT_S  # nothing stored at all
+    await queue_events(store, range(2), now=1.0)
+    ahead.claim(2.0, ["a"])
+    assert not ahead.claiming  # dry: the store is not asked again
+    ahead.refresh()  # e.g. the poller stored new events
+    ahead.claim(2.0, ["a"])
+    await ahead.settle()
+    assert drain(ahead, "a", 2.0) == ["evt_0", "evt_1"]
+
+
+async def test_a_dry_lane_is_looked_at_again_when_its_next_delivery_falls_due(
+    store: SqliteStore,
+) -> None:
+    await queue_events(store, range(1), now=50.0)  # due at 50
+    ahead, _ = ahead_for(store, lane())
+    ahead.claim(10.0, ["a"])
+    await ahead.settle()
+    assert ahead.dry and ahead.due_at == 50.0
+    ahead.claim(49.0, ["a"])
+    assert not ahead.claiming
+    ahead.claim(50.0, ["a"])
+    await ahead.settle()
+    assert drain(ahead, "a", 50.0) == ["evt_0"]
+
+
+async def test_a_refresh_during_a_claim_is_not_lost(store: SqliteStore) -> None:
+    ahead, _ = ahead_for(store, lane())
+    ahead.claim(1.0, ["a"])
+    await queue_events(store, range(1), now=1.0)
+    ahead.refresh()  # arrives while the (empty) claim is on its way
+    await ahead.settle()
+    assert not ahead.dry
+    ahead.claim(1.0, ["a"])
+    await ahead.settle()
+    assert drain(ahead, "a", 1.0) == ["evt_0"]
+
+
+async def test_only_the_lanes_found_empty_go_dry(store: SqliteStore) -> None:
+    await queue_events(store, range(6), sub="b")
+    ahead, _ = ahead_for(store, lane("a"), lane("b", concurrency=1))
+    ahead.claim(1.0, ["a", "b"])
+    await ahead.settle()
+    assert ahead.dry  # "a" has nothing
+    assert drain(ahead, "b", 1.0) == ["evt_0", "evt_1"]
+    ahead.claim(1.0, ["a", "b"])  # "b" is still claimed for
+    await ahead.settle()
+    assert drain(ahead, "b", 1.0) == ["evt_2", "evt_3"]
+
+
+async def test_a_throttled_lane_claims_no_more_than_it_may_send(store: SqliteStore) -> None:
+    await queue_events(store, range(5))
+    slack = lane(concurrency=4, rate=1.0)  # one token at a time
+    ahead, _ = ahead_for(store, slack)
+    ahead.claim(1.0, ["a"])
+    await ahead.settle()
+    assert ahead.queued("a") == 1
+
+
+async def test_the_budget_caps_what_all_lanes_hold(store: SqliteStore) -> None:
+    await queue_events(store, range(4), sub="a")
+    await queue_events(store, range(4, 8), sub="b")
+    ahead, _ = ahead_for(store, lane("a", 4), lane("b", 4), budget=3)
+    ahead.claim(1.0, ["a", "b"])
+    await ahead.settle()
+    assert ahead.queued("a") + ahead.queued("b") == 3
+
+
+async def test_a_lease_too_short_for_a_request_is_dropped_and_claimed_again(
+    store: SqliteStore,
+) -> None:
+    await queue_events(store, range(1))
+    ahead, _ = ahead_for(store, lane())
+    ahead.claim(1.0, ["a"])
+    await ahead.settle()
+    # 15 s later the lease (30 s) could end before a 15 s request: it is not started
+    late = 1.0 + LEASE_S - TIMEOUT_S
+    assert ahead.pop("a", late) is None
+    ahead.refresh()
+    ahead.claim(late, ["a"])
+    await ahead.settle()
+    assert ahead.queued("a") == 0  # still leased: nobody else takes it either
+    ahead.claim(1.0 + LEASE_S, ["a"])  # the lease has run out: given out again
+    await ahead.settle()
+    [again] = [ahead.pop("a", 1.0 + LEASE_S)]
+    assert again is not None and again.event.id == "evt_0"
+
+
+async def test_a_delivery_given_out_again_replaces_its_stale_copy(store: SqliteStore) -> None:
+    await queue_events(store, range(1))
+    ahead, _ = ahead_for(store, lane())
+    ahead.claim(1.0, ["a"])
+    await ahead.settle()
+    ahead.refresh()
+    ahead.claim(1.0 + LEASE_S, ["a"])  # its lease ran out while it sat in the queue
+    await ahead.settle()
+    assert ahead.queued("a") == 1
+    fresh = ahead.pop("a", 1.0 + LEASE_S)
+    assert fresh is not None and ahead.pop("a", 1.0 + LEASE_S) is None
+    assert await store.release(fresh, now=40.0)  # the copy kept holds the lease the store knows
+
+
+async def test_release_hands_queued_deliveries_back_due_at_once(store: SqliteStore) -> None:
+    await queue_events(store, range(3))
+    ahead, _ = ahead_for(store, lane(concurrency=2))
+    ahead.claim(1.0, ["a"])
+    await ahead.settle()
+    assert ahead.queued("a") == 3
+    assert await store.claim_due(now=2.0, limit=10, lease_s=5, subscribers=["a"]) == []
+    await ahead.release(2.0)
+    assert ahead.queued("a") == 0
+    back = await store.claim_due(now=2.0, limit=10, lease_s=5, subscribers=["a"])
+    assert sorted(d.event.id for d in back) == ["evt_0", "evt_1", "evt_2"]
+
+
+async def test_a_store_error_is_logged_and_retried_later(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "b.db")
+    await store.open()
+    await store.close()  # every query now fails with a StoreError
+    ahead, wakes = ahead_for(store, lane())
+    ahead.claim(1.0, ["a"])
+    await asyncio.wait_for(ahead.settle(), 5)
+    assert wakes == [1] and ahead.dry and ahead.due_at == 6.0
+
+
+async def test_stopping_the_dispatcher_hands_back_what_it_claimed_ahead(
+    aiohttp_server: Callable[..., Any], tmp_path: Path, clock: FakeClock, secret: str
+) -> None:
+    first_arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await request.read()
+        first_arrived.set()
+        await release.wait()
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", slow)
+    rx = await aiohttp_server(app)
+    settings = settings_for(
+        "http://127.0.0.1:9",
+        str(rx.make_url("/hook")),
+        secret,
+        tmp_path / "b.db",
+        subscriber={"max_concurrency": 1},
+    )
+    async with Service(settings, clock=clock) as svc:
+        await queue_events(svc.store, range(3), sub="rx", now=clock.now())
+        stop = asyncio.Event()
+        run = asyncio.create_task(svc.dispatcher.run(stop))
+        await asyncio.wait_for(first_arrived.wait(), 5)
+        stop.set()
+        release.set()
+        await asyncio.wait_for(run, 5)
+        # the one sent is recorded; the one claimed ahead of it is due again at once
+        views = {v.event_id: v.state for v in await svc.store.list_deliveries()}
+        assert views == {
+            "evt_0": DeliveryState.DELIVERED,
+            "evt_1": DeliveryState.PENDING,
+            "evt_2": DeliveryState.PENDING,
+        }
+        back = await svc.store.claim_due(now=clock.now(), limit=5, lease_s=5, subscribers=["rx"])
+        assert sorted(d.event.id for d in back) == ["evt_1", "evt_2"]
