@@ -133,7 +133,7 @@ class Poller:
         events = build_events(changes, now=now)
         meta[SWEEP] = result.sweep.dumps() if result.sweep else None
         for record_id in result.vanished:
-            log.warning("pending record is gone from the Munsit list", record_id=record_id)
+            log.warning("pending record missing from the Munsit list", record_id=record_id)
         if result.truncated:
             log.warning(
                 "scan stopped at upstream.max_pages_per_scan; the next polls carry on from here",

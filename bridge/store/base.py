@@ -34,8 +34,8 @@ class ScanCommit:
     events: Sequence[tuple[Event, Sequence[str]]]  # each event with the subscriber ids it goes to
     now: float
     seen: Sequence[str] = ()  # every record id the scan saw (marks them present at `now`)
-    removed: Sequence[str] = ()  # records to forget
-    forget_unseen_before: float | None = None  # forget records not seen since this time
+    removed: Sequence[str] = ()  # pending records missing from the list (gone if missed twice)
+    forget_unseen_before: float | None = None  # gone: records not seen since this time
     meta: Mapping[str, str | None] = field(default_factory=dict)  # None deletes the key
 
 

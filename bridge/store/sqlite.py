@@ -104,6 +104,15 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX deliveries_due;
     DROP INDEX deliveries_lane;
     """,
+    # a record missing from the list is first marked missed, and only if it is missed again
+    # at the next scan is it gone (a tombstone keeping its last status, not tracked)
+    """
+    ALTER TABLE records ADD COLUMN missed_at REAL;
+    ALTER TABLE records ADD COLUMN gone_at REAL;
+    DROP INDEX records_open;
+    CREATE INDEX records_open ON records (created_at)
+        WHERE status NOT IN ('success', 'failed') AND gone_at IS NULL;
+    """,
 )
 
 
@@ -223,8 +232,8 @@ class SqliteStore:
     async def tracked_pending(self) -> list[RecordState]:
         rows = await self._run(
             lambda c: c.execute(
-                "SELECT id, status, created_at FROM records "
-                "WHERE status NOT IN ('success', 'failed') ORDER BY created_at DESC"
+                "SELECT id, status, created_at FROM records WHERE status NOT IN"
+                " ('success', 'failed') AND gone_at IS NULL ORDER BY created_at DESC"
             ).fetchall()
         )
         return [RecordState(*row) for row in rows]
@@ -234,23 +243,14 @@ class SqliteStore:
             conn.executemany(
                 "INSERT INTO records (id, status, created_at, seen_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET status = excluded.status,"
-                " seen_at = excluded.seen_at",
+                " seen_at = excluded.seen_at, missed_at = NULL, gone_at = NULL",
                 [(s.id, s.status, s.created_at, commit.now) for s in commit.states],
             )
             conn.executemany(
-                "UPDATE records SET seen_at = ? WHERE id = ?",
+                "UPDATE records SET seen_at = ?, missed_at = NULL, gone_at = NULL WHERE id = ?",
                 [(commit.now, rid) for rid in commit.seen],
             )
-            conn.executemany("DELETE FROM records WHERE id = ?", [(r,) for r in commit.removed])
-            forgotten: list[str] = []
-            if commit.forget_unseen_before is not None:
-                forgotten = [
-                    row[0]
-                    for row in conn.execute(
-                        "DELETE FROM records WHERE seen_at < ? RETURNING id",
-                        (commit.forget_unseen_before,),
-                    )
-                ]
+            forgotten = _forget(conn, commit)
             for key, value in commit.meta.items():
                 if value is None:
                     conn.execute("DELETE FROM meta WHERE key = ?", (key,))
@@ -422,6 +422,35 @@ class SqliteStore:
         counts = dict.fromkeys(DeliveryState, 0)
         counts.update({DeliveryState(state): n for state, n in rows})
         return counts
+
+
+def _forget(conn: sqlite3.Connection, commit: ScanCommit) -> list[str]:
+    """Records missing from the list: missed twice in a row, or not seen by a whole sweep,
+    they are gone (kept as tombstones, so one that comes back is compared with its last
+    status); missed once, they are only marked. Returns the ids gone now."""
+    gone: list[str] = []
+    for rid in commit.removed:
+        row = conn.execute(
+            "UPDATE records SET gone_at = ? WHERE id = ? AND missed_at IS NOT NULL"
+            " AND gone_at IS NULL RETURNING id",
+            (commit.now, rid),
+        ).fetchone()
+        if row is not None:
+            gone.append(rid)
+        else:
+            conn.execute(
+                "UPDATE records SET missed_at = ? WHERE id = ? AND missed_at IS NULL",
+                (commit.now, rid),
+            )
+    if commit.forget_unseen_before is not None:
+        gone += [
+            row[0]
+            for row in conn.execute(
+                "UPDATE records SET gone_at = ? WHERE seen_at < ? AND gone_at IS NULL RETURNING id",
+                (commit.now, commit.forget_unseen_before),
+            ).fetchall()
+        ]
+    return gone
 
 
 def _in_transaction(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:

@@ -70,12 +70,16 @@ class ListLayer:
     clock: FakeClock
     arrivals: list[Arrival] = field(default_factory=list)
     strip: dict[str, set[str]] = field(default_factory=dict)  # record id, or "*" for all
+    empty: int = 0  # answer this many list requests with `[]` (a 200 that lists nothing)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method != "GET" or request.path != "/denoise":
             return await handler(request)
         self.arrivals.append(Arrival(self.clock.now(), int(request.query.get("offset", "0"))))
+        if self.empty:
+            self.empty -= 1
+            return web.json_response([])
         response = await handler(request)
         if not self.strip or response.status != 200 or not isinstance(response, web.Response):
             return response
@@ -624,3 +628,33 @@ def logs_of_unknown(logs: LogEntries) -> set[tuple[str, str]]:
         (str(e["record_id"]), str(e["status"]))
         for e in logged(logs, "unknown record status, treated as not terminal")
     }
+
+
+@pytest.mark.parametrize("empty_answers", [1, 3])
+async def test_an_empty_answer_loses_no_pending_record(
+    empty_answers: int, upstream: Upstream, start: Starter, logs: LogEntries
+) -> None:
+    """A 200 listing nothing looks like the end of the list: the pending records it did not
+    show are only marked missed, kept tracked, and their completion still arrives. Missed
+    at two polls in a row, a record is gone but keeps its last status, so its completion
+    is still announced (by the next reconciliation sweep) rather than taken as a new record's."""
+    run = await start()
+    await run.baseline()
+    upstream.layer.empty = empty_answers
+    await run.poll(empty_answers)
+    gone = empty_answers >= 2
+    tracked = {s.id for s in await run.svc.store.tracked_pending()}
+    assert (upstream.early in tracked) is not gone
+    jobs = changes(upstream)
+    expected = expected_events(jobs)
+    if gone:
+        del expected[event_id(upstream.early, COMPLETED)]  # found again by a sweep only
+    await run.deliver(expected)
+    if gone:
+        run.svc.poller.request_full_scan()
+        expected[event_id(upstream.early, COMPLETED)] = (upstream.early, COMPLETED)
+        await run.deliver(expected)
+    await assert_exactly(run, expected)
+    assert_alive(run, logs)
+    early = [b for b in run.bodies() if b["data"]["id"] == upstream.early]
+    assert [b["previous_status"] for b in early] == ["pending"]

@@ -129,9 +129,15 @@ async def test_reconciliation_repairs_state_and_forgets_gone_records(
     result = await service.poller.tick()
     assert [(e.record_id, e.type) for e in result.events] == [(old, "denoise.failed")]
     assert result.events[0].previous_status == "success"
-    assert await service.store.known_states([records[20]["id"]]) == {}
-    assert len(await service.store.known_states([r["id"] for r in records])) == 299
+    # the removed record is gone: kept with its last status, so no event if it ever came back
+    # unchanged
+    gone = await service.store.known_states([records[20]["id"]])
+    assert gone[records[20]["id"]].status == "success"
     assert (await service.poller.tick()).events == []
+    await clock.advance(1.0)
+    service.poller.request_full_scan()
+    result = await service.poller.tick()
+    assert result.events == []
 
 
 async def test_reconciliation_runs_every_full_scan_interval(

@@ -157,8 +157,27 @@ async def test_pending_records_are_tracked_newest_first_and_removed(store: Sqlit
     await store.commit_scan(
         ScanCommit([RecordState("a", "success", "2026-01-01")], [], now=2.0, removed=["b"])
     )
+    # missed once: still tracked; missed again at the next scan: gone, not tracked
+    assert [s.id for s in await store.tracked_pending()] == ["d", "b"]
+    await store.commit_scan(ScanCommit([], [], now=3.0, removed=["b"]))
     assert [s.id for s in await store.tracked_pending()] == ["d"]
-    assert set(await store.known_states(["a", "b", "c", "zz"])) == {"a", "c"}
+    # a gone record keeps its last status: if it comes back, it is compared with that
+    assert set(await store.known_states(["a", "b", "c", "zz"])) == {"a", "b", "c"}
+    assert (await store.known_states(["b"]))["b"].status == "pending"
+    await store.commit_scan(ScanCommit([], [], now=4.0, seen=["b"]))
+    assert [s.id for s in await store.tracked_pending()] == ["d", "b"]
+
+
+async def test_a_record_seen_between_two_misses_is_not_gone(store: SqliteStore) -> None:
+    states = [RecordState("a", "pending", "2026-01-01")]
+    await store.commit_scan(ScanCommit(states, [], now=1.0, meta={BASELINE_MARK: "t"}))
+    await store.commit_scan(ScanCommit([], [], now=2.0, removed=["a"]))
+    await store.commit_scan(ScanCommit([], [], now=3.0, seen=["a"]))
+    committed = await store.commit_scan(ScanCommit([], [], now=4.0, removed=["a"]))
+    assert committed.forgotten == []
+    assert [s.id for s in await store.tracked_pending()] == ["a"]
+    committed = await store.commit_scan(ScanCommit([], [], now=5.0, removed=["a"]))
+    assert committed.forgotten == ["a"] and await store.tracked_pending() == []
 
 
 async def test_using_a_closed_store_is_a_store_error(tmp_path: Path) -> None:
