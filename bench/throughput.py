@@ -21,6 +21,7 @@ from bridge.deliver.formats import render
 from bridge.deliver.routing import route
 from bridge.logging import configure
 from bridge.models import DeliveryState
+from bridge.runtime import tune_gc
 from bridge.service import Service
 from bridge.store.base import ScanCommit
 
@@ -63,6 +64,7 @@ async def bridge(urls: Sequence[str], total: int, concurrency: int, db: Path) ->
                 done.set()
 
     async with Service(cfg, on_sent=sent) as svc:
+        tune_gc()  # as `munsit-bridge run` does
         now = time.time()
         subs = [s.id for s in cfg.subscribers]
         events = completed_events(total, now)

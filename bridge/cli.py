@@ -20,6 +20,7 @@ from bridge.deliver.verify import VerifyError, parse_header, verify
 from bridge.errors import BridgeError, ConfigError, RequestError
 from bridge.logging import configure
 from bridge.models import Replayed
+from bridge.runtime import tune_gc
 from bridge.service import Service, build_store
 
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG = 0, 1, 2
@@ -116,6 +117,7 @@ async def _serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with Service(settings) as service:
+        tune_gc()
         await service.run(stop)
 
 

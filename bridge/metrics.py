@@ -15,6 +15,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._delivery_children: dict[tuple[str, str], Counter] = {}
         reg = self.registry
         self.polls = Counter(
             "bridge_polls",
@@ -67,6 +68,16 @@ class Metrics:
             "Unix time of the last successful poll",
             registry=reg,
         )
+
+    def count_delivery(self, subscriber: str, result: str) -> None:
+        """One attempt's outcome in `bridge_deliveries_total` (its labelled child is looked
+        up once: this runs for every attempt)."""
+        child = self._delivery_children.get((subscriber, result))
+        if child is None:
+            child = self._delivery_children[subscriber, result] = self.deliveries.labels(
+                subscriber, result
+            )
+        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

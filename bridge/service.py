@@ -25,6 +25,8 @@ from bridge.store.base import Store
 from bridge.store.sqlite import SqliteStore
 from bridge.upstream.client import MunsitClient
 
+RESULTS = {DeliveryState.DELIVERED: "delivered", DeliveryState.FAILED: "failed"}
+
 log = structlog.get_logger("bridge.service")
 
 
@@ -121,9 +123,7 @@ class Service:
         self.dispatcher.wake()
 
     def _sent(self, sent: Sent) -> None:
-        result = {DeliveryState.DELIVERED: "delivered", DeliveryState.FAILED: "failed"}
-        label = result.get(sent.state, "retry")
-        self.metrics.deliveries.labels(sent.delivery.subscriber_id, label).inc()
+        self.metrics.count_delivery(sent.delivery.subscriber_id, RESULTS.get(sent.state, "retry"))
         self.metrics.delivery_seconds.observe(sent.attempt.latency_ms / 1000)
         if self._on_sent is not None:
             self._on_sent(sent)

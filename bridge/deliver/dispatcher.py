@@ -207,9 +207,8 @@ class Dispatcher:
                 started += 1
                 free -= 1
         self._ahead.claim(now, order)
-        if started:
-            await asyncio.sleep(0)
-            return started, 0.0
+        if started:  # everything startable started: the next look is when one finishes
+            return started, None
         if self._ahead.claiming:
             return 0, None
         if self._ahead.dry and self._ahead.due_at is not None:
@@ -323,7 +322,10 @@ class Dispatcher:
         """Remember continuous failure; disable on 410 or after `disable_after_s` of it."""
         health = self._health.get(subscriber_id, SubscriberHealth())
         now = attempt.attempted_at
-        if policy.is_success(attempt.status_code):
+        success = policy.is_success(attempt.status_code)
+        if success and health.failing_since is None:
+            return  # the usual case: nothing to change
+        if success:
             updated = replace(health, failing_since=None)
         else:
             since = health.failing_since if health.failing_since is not None else now
