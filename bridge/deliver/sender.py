@@ -14,6 +14,7 @@ from bridge.retry_after import body_retry_after, parse_retry_after
 
 EXCERPT_BYTES = 4096
 DRAIN_BYTES = 1 << 20  # read no more of an answer than this
+NOT_ASKED = ("Accept", "Accept-Encoding")  # a webhook wants no content negotiation
 
 
 @cache
@@ -26,7 +27,10 @@ async def _read_body(content: aiohttp.StreamReader) -> bytes:
     its first `EXCERPT_BYTES`. A body cut off or trickling past the timeout raises."""
     excerpt = bytearray()
     total = 0
-    while total < DRAIN_BYTES and (chunk := await content.read(65536)):
+    while total < DRAIN_BYTES and not content.at_eof():
+        chunk = await content.read(65536)
+        if not chunk:
+            break
         total += len(chunk)
         if len(excerpt) < EXCERPT_BYTES:
             excerpt += chunk[: EXCERPT_BYTES - len(excerpt)]
@@ -64,6 +68,7 @@ async def post(
             headers=headers,
             timeout=_timeout(timeout_s),
             allow_redirects=False,
+            skip_auto_headers=NOT_ASKED,
         ) as resp:
             excerpt = await _read_body(resp.content)
             status = resp.status  # an answer counts once its body is in, within `timeout_s`
