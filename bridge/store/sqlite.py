@@ -304,16 +304,9 @@ class SqliteStore:
     ) -> list[Delivery]:
         token = uuid.uuid4().hex
 
-        def claim(conn: sqlite3.Connection) -> list[Delivery]:
-            claimed: list[Delivery] = []
-            for sub, room in rooms:
-                if room > 0:
-                    claimed += ops.claim(
-                        conn, [sub], room, now=now, until=now + lease_s, token=token
-                    )
-            return claimed
-
-        return await self._tx(claim)
+        return await self._tx(
+            lambda c: ops.claim_lanes(c, rooms, now=now, until=now + lease_s, token=token)
+        )
 
     async def finish_attempt(
         self, delivery: Delivery, attempt: Attempt, outcome: AttemptOutcome

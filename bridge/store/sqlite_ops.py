@@ -43,6 +43,20 @@ def load_record(text: str) -> Any:
         return json.loads(text)
 
 
+_CLAIMED = (
+    "SELECT json_group_array(json_array(d.id, d.subscriber_id, d.attempts, e.id, e.type,"
+    " e.record_id, e.occurred_at, e.previous_status, e.data, d.next_attempt_at))"
+    " FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.id IN ({ids})"
+)
+_DUE = (
+    "SELECT d.id FROM deliveries d JOIN events e ON e.seq = d.event_seq"
+    " WHERE d.state = 'pending' AND d.next_attempt_at <= ?"
+    " AND (d.lease_until IS NULL OR d.lease_until <= ?)"
+    " AND d.subscriber_id IN ({subs}) AND " + IN_ORDER + " ORDER BY d.next_attempt_at, d.id LIMIT ?"
+)
+LANES_PER_CLAIM = 100  # lanes claimed for by one statement (SQLite allows 500 compound terms)
+
+
 def claim(
     conn: sqlite3.Connection,
     subscribers: Sequence[str],
@@ -52,23 +66,37 @@ def claim(
     until: float,
     token: str,
 ) -> list[Delivery]:
-    """Lease up to `limit` due deliveries of `subscribers` (oldest due first, in order).
+    """Lease up to `limit` due deliveries of `subscribers` (oldest due first, in order)."""
+    due = _DUE.format(subs=",".join("?" * len(subscribers)))
+    return _lease(conn, due, [now, now, *subscribers, limit], until=until, token=token)
 
-    The rows come back as one JSON array and the leases are taken by one statement: a
-    statement step per batch rather than per row, as each step hands the interpreter lock
-    back and forth with the event loop's thread."""
-    marks = ",".join("?" * len(subscribers))
-    (found,) = conn.execute(
-        "SELECT json_group_array(json_array(d.id, d.subscriber_id, d.attempts, e.id, e.type,"
-        " e.record_id, e.occurred_at, e.previous_status, e.data, d.next_attempt_at))"
-        " FROM deliveries d JOIN events e ON e.seq = d.event_seq"
-        " WHERE d.id IN (SELECT d.id FROM deliveries d JOIN events e ON e.seq = d.event_seq"
-        " WHERE d.state = 'pending' AND d.next_attempt_at <= ?"
-        " AND (d.lease_until IS NULL OR d.lease_until <= ?)"
-        f" AND d.subscriber_id IN ({marks}) AND {IN_ORDER}"
-        " ORDER BY d.next_attempt_at, d.id LIMIT ?)",
-        [now, now, *subscribers, limit],
-    ).fetchone()
+
+def claim_lanes(
+    conn: sqlite3.Connection,
+    rooms: Sequence[tuple[str, int]],
+    *,
+    now: float,
+    until: float,
+    token: str,
+) -> list[Delivery]:
+    """`claim` for each subscriber up to its own room, many lanes to a statement."""
+    rooms = [(sub, room) for sub, room in rooms if room > 0]
+    claimed: list[Delivery] = []
+    for start in range(0, len(rooms), LANES_PER_CLAIM):
+        chunk = rooms[start : start + LANES_PER_CLAIM]
+        due = " UNION ALL ".join(["SELECT * FROM (" + _DUE.format(subs="?") + ")"] * len(chunk))
+        params = [p for sub, room in chunk for p in (now, now, sub, room)]
+        claimed += _lease(conn, due, params, until=until, token=token)
+    return claimed
+
+
+def _lease(
+    conn: sqlite3.Connection, due: str, params: Sequence[Any], *, until: float, token: str
+) -> list[Delivery]:
+    """Lease the deliveries `due` selects. The rows come back as one JSON array and the
+    leases are taken by one statement: a statement step per batch rather than per row, as
+    each step hands the interpreter lock back and forth with the event loop's thread."""
+    (found,) = conn.execute(_CLAIMED.format(ids=due), params).fetchone()
     rows = sorted(json.loads(found), key=lambda row: (row[9], row[0]))
     if rows:
         conn.execute(

@@ -226,3 +226,22 @@ async def test_a_batch_records_each_attempt_exactly_and_refuses_lost_leases(
     assert await store.finish_attempt(taken, first, AttemptOutcome(DeliveryState.PENDING, 40.5))
     [view] = [v for v in await store.list_deliveries(subscriber="a") if v.id == taken.id]
     assert view.history == (first,) and view.next_attempt_at == 40.5
+
+
+async def test_lanes_are_claimed_each_up_to_its_room_however_many_there_are(
+    store: SqliteStore,
+) -> None:
+    subs = [f"s{i:03d}" for i in range(150)]  # more lanes than one statement takes
+    await store.commit_scan(
+        ScanCommit([], [(event(n, rid=f"r{n}"), subs) for n in range(3)], now=10.0)
+    )
+    rooms = [(sub, 1 if i % 2 else 2) for i, sub in enumerate(subs)] + [("idle", 5)]
+    got = await store.claim_lanes(now=10.0, lease_s=60, rooms=rooms)
+    by_lane: dict[str, list[str]] = {}
+    for d in got:
+        by_lane.setdefault(d.subscriber_id, []).append(d.event.id)
+    assert by_lane == {
+        sub: ["evt_0"] if i % 2 else ["evt_0", "evt_1"] for i, sub in enumerate(subs)
+    }
+    again = await store.claim_lanes(now=10.0, lease_s=60, rooms=[(s, 5) for s in subs])
+    assert len(again) == 150 + 75 and {d.event.id for d in again} == {"evt_1", "evt_2"}
