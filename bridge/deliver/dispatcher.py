@@ -188,14 +188,18 @@ class Dispatcher:
         )
         now = self._clock.now()
         active = self._active
-        idle = [sid for sid in self._lanes if sid not in active and self._ahead.queued(sid)]
-        if idle:  # disabled meanwhile: what was claimed for it goes back
-            await self._ahead.release(now, idle)
+        if len(active) < len(self._lanes):  # disabled meanwhile: what it had claimed goes back
+            paused = set(self._lanes).difference(active)
+            idle = [sid for sid in paused if self._ahead.queued(sid)]
+            if idle:
+                await self._ahead.release(now, idle)
         self._turn = (self._turn + 1) % max(1, len(active))
         order = active[self._turn :] + active[: self._turn]
         started, waits = 0, []
         for sid in order:
             lane = self._lanes[sid]
+            if lane.bucket.rate_per_s is None and not self._ahead.queued(sid):
+                continue  # nothing to start, and no token to wait for
             room = lane.room(now, free) if free > 0 else 0
             if room <= 0 and lane.in_flight < lane.max_concurrency and free > 0:
                 waits.append(lane.bucket.wait_s(now))  # throttled, not busy

@@ -14,7 +14,6 @@ from bridge.retry_after import body_retry_after, parse_retry_after
 
 EXCERPT_BYTES = 4096
 DRAIN_BYTES = 1 << 20  # read no more of an answer than this
-NOT_ASKED = ("Accept", "Accept-Encoding")  # a webhook wants no content negotiation
 
 
 @cache
@@ -68,7 +67,6 @@ async def post(
             headers=headers,
             timeout=_timeout(timeout_s),
             allow_redirects=False,
-            skip_auto_headers=NOT_ASKED,
         ) as resp:
             excerpt = await _read_body(resp.content)
             status = resp.status  # an answer counts once its body is in, within `timeout_s`
