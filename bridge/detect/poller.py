@@ -155,6 +155,8 @@ class Poller:
             log.warning("record is gone from the Munsit list", record_id=record_id)
         if finished is not None:
             log.info("sweep finished", reason=finished.reason, gone=len(committed.forgotten))
+        # an event whose id was stored before (a record back to a status it had) is not new
+        events = [e for e in events if e.id in committed.recorded]
         self.pending = await self._store.tracked_pending()
         self.last_success_at, self.last_error, self.auth_failed = now, None, False
         poll = PollResult(

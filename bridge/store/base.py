@@ -54,6 +54,7 @@ class Committed:
 
     deliveries: int
     forgotten: list[str]
+    recorded: frozenset[str] = frozenset()  # ids of the events stored now (not seen before)
 
 
 @dataclass(frozen=True, slots=True)

@@ -261,6 +261,7 @@ class SqliteStore:
                         (key, value),
                     )
             created = 0
+            recorded: set[str] = set()
             for event, subscribers in commit.events:
                 cur = conn.execute(
                     "INSERT INTO events (id, type, record_id, occurred_at, previous_status, data) "
@@ -276,6 +277,7 @@ class SqliteStore:
                 )
                 if cur.rowcount == 0:
                     continue  # the same event id was recorded before: never deliver it twice
+                recorded.add(event.id)
                 seq = cur.lastrowid
                 for sub in subscribers:
                     conn.execute(
@@ -284,7 +286,7 @@ class SqliteStore:
                         (seq, sub, commit.now, commit.now, commit.now),
                     )
                     created += 1
-            return Committed(created, forgotten)
+            return Committed(created, forgotten, frozenset(recorded))
 
         return await self._tx(write)
 

@@ -617,6 +617,10 @@ async def test_unknown_statuses_are_not_terminal_and_emit_nothing(
     await run.poll(3)
 
     assert len(run.receiver.requests) == len(expected)  # its completion is not sent again
+    completions = sum(1 for kind in expected.values() if kind[1] == COMPLETED)
+    counted = run.svc.metrics.registry.get_sample_value("bridge_events_total", {"type": COMPLETED})
+    assert counted == completions  # nor counted again
+    assert all(not p.events for p in run.polls[-3:])
     stored = await run.svc.store.list_events(limit=1000)
     assert stored is not None and sorted(e.id for e in stored) == sorted(expected)
     assert run.svc.poller.pending == []
