@@ -1,4 +1,5 @@
-"""SQLite adapter of the store port: one WAL-mode file, one connection on one worker thread."""
+"""SQLite adapter of the store port: one WAL-mode file, a connection on a worker thread (and
+one on the event loop's thread for the delivery hot path, see `sqlite_inline`)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from bridge.store.base import (
     ScanCommit,
     SubscriberHealth,
 )
+from bridge.store.sqlite_inline import Busy, InlineWriter
 
 T = TypeVar("T")
 
@@ -129,6 +131,9 @@ class SqliteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._finished: list[tuple[Delivery, Attempt, AttemptOutcome, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._inline: InlineWriter | None = None
+        self._checkpoint: asyncio.Task[None] | None = None
+        self.checkpoints = 0
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
@@ -159,6 +164,29 @@ class SqliteStore:
         """Run `fn` inside BEGIN IMMEDIATE … COMMIT, rolling back on any error."""
         return await self._run(partial(_in_transaction, fn))
 
+    async def _hot_tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`_tx` for the delivery hot path: on the event loop's thread when the write lock is
+        free at once (see `sqlite_inline`), else on the worker thread, which waits for it."""
+        inline = self._inline
+        if inline is not None:
+            try:
+                result = inline.try_run(fn)
+            except sqlite3.Error as exc:
+                raise StoreError(f"store {self.path}: {self._explain(exc)}") from exc
+            if not isinstance(result, Busy):
+                if inline.checkpoint_due and (self._checkpoint is None or self._checkpoint.done()):
+                    self._checkpoint = asyncio.create_task(self._checkpoint_wal())
+                return result
+        return await self._tx(fn)
+
+    async def _checkpoint_wal(self) -> None:
+        """Copy the write-ahead log into the database without blocking anyone (PASSIVE)."""
+        try:
+            await self._run(lambda c: c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
+            self.checkpoints += 1
+        except StoreError:
+            pass  # the next one tries again; SQLite's own checkpoints still run
+
     async def open(self) -> None:
         def connect() -> sqlite3.Connection:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,10 +216,21 @@ class SqliteStore:
             raise StoreError(f"cannot open store {self.path}: {self._explain(exc)}") from exc
         except OSError as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        try:
+            self._inline = InlineWriter(self.path)
+        except sqlite3.Error as exc:
+            conn, self._conn = self._conn, None
+            await loop.run_in_executor(self._executor, conn.close)
+            raise StoreError(f"cannot open store {self.path}: {self._explain(exc)}") from exc
 
     async def close(self) -> None:
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
+        if self._checkpoint is not None:
+            await asyncio.gather(self._checkpoint, return_exceptions=True)
+        if self._inline is not None:
+            inline, self._inline = self._inline, None
+            inline.close()
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
@@ -306,7 +345,7 @@ class SqliteStore:
     ) -> list[Delivery]:
         token = uuid.uuid4().hex
 
-        return await self._tx(
+        return await self._hot_tx(
             lambda c: ops.claim_lanes(c, rooms, now=now, until=now + lease_s, token=token)
         )
 
@@ -326,7 +365,7 @@ class SqliteStore:
         while self._finished:
             batch, self._finished = self._finished, []
             try:
-                kept = await self._tx(
+                kept = await self._hot_tx(
                     partial(ops.finish_attempts, [(d, a, o) for d, a, o, _ in batch])
                 )
             except Exception as exc:
