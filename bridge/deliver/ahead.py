@@ -19,6 +19,7 @@ log = structlog.get_logger("bridge.deliver")
 
 IDLE_WAIT_S = 60.0
 STORE_RETRY_S = 5.0
+GATHER_TURNS = 3  # turns of the event loop a claim waits, so that it grows
 
 
 class Ahead:
@@ -39,8 +40,10 @@ class Ahead:
         timeout_s: float,
         budget: int,
         on_ready: Callable[[], None],
+        now: Callable[[], float],
     ) -> None:
         self._store = store
+        self._now = now
         self._lanes = lanes
         self._lease_s = lease_s
         self._usable_s = lease_s - timeout_s - 1.0  # time left in a lease to start a request
@@ -81,16 +84,21 @@ class Ahead:
         return None
 
     def claim(self, now: float, order: Sequence[str]) -> None:
-        """Start a claim in the background for the lanes (in `order`) running short."""
+        """Start a claim in the background for the lanes (in `order`) running short. It looks
+        a few turns of the event loop later, so the answers arriving meanwhile share it."""
         if self.claiming:
             return
         if self._dry and self.due_at is not None and now >= self.due_at:
             self._dry.clear()
+        if self._rooms(now, order):
+            self._claim = asyncio.create_task(self._run_claim(order))
+
+    def _rooms(self, now: float, order: Sequence[str]) -> list[tuple[str, int]]:
         budget = self._budget - sum(len(q) for q in self._queues.values())
         rooms: list[tuple[str, int]] = []
         for sid in order:
             lane, queued = self._lanes[sid], len(self._queues[sid])
-            if queued >= lane.max_concurrency or sid in self._dry:
+            if queued > lane.max_concurrency // 2 or sid in self._dry:
                 continue
             want = min(
                 2 * lane.max_concurrency - lane.in_flight - queued,
@@ -100,10 +108,16 @@ class Ahead:
             if want > 0:
                 rooms.append((sid, want))
                 budget -= want
-        if rooms:
-            self._claim = asyncio.create_task(self._run_claim(now, rooms))
+        return rooms
 
-    async def _run_claim(self, now: float, rooms: list[tuple[str, int]]) -> None:
+    async def _run_claim(self, order: Sequence[str]) -> None:
+        for _ in range(GATHER_TURNS):
+            await asyncio.sleep(0)
+        now = self._now()
+        rooms = self._rooms(now, order)
+        if not rooms:
+            self._on_ready()
+            return
         changes = self._changes
         try:
             claimed = await self._store.claim_lanes(now=now, lease_s=self._lease_s, rooms=rooms)

@@ -81,6 +81,7 @@ class Dispatcher:
             timeout_s=config.timeout_s,
             budget=config.max_in_flight,
             on_ready=self._wake.set,
+            now=clock.now,
         )
 
     async def load_health(self) -> None:

@@ -36,6 +36,8 @@ from bridge.store.sqlite_inline import Busy, InlineWriter
 
 T = TypeVar("T")
 
+GATHER_TURNS = 3  # turns of the event loop a batch of finished attempts waits to grow
+
 # I/O errors of a file that cannot grow: what a full disk or a file-size limit looks like
 _GROWTH_ERRORS = frozenset({"SQLITE_IOERR_WRITE", "SQLITE_IOERR_SHMSIZE", "SQLITE_IOERR_TRUNCATE"})
 
@@ -362,6 +364,8 @@ class SqliteStore:
         return await future
 
     async def _flush_finished(self) -> None:
+        for _ in range(GATHER_TURNS):  # answers arriving meanwhile join the batch
+            await asyncio.sleep(0)
         while self._finished:
             batch, self._finished = self._finished, []
             try:

@@ -281,16 +281,26 @@ def finish_attempts(
     items: Sequence[tuple[Delivery, Attempt, AttemptOutcome]], conn: sqlite3.Connection
 ) -> list[bool]:
     """Record a batch of attempts and release their leases; False for each delivery whose
-    lease was lost (its attempt is not recorded). Three statements whatever the batch size."""
-    (held,) = conn.execute(
-        "SELECT json_group_array(d.id) FROM json_each(?) j JOIN deliveries d"
-        " ON d.id = json_extract(j.value, '$[0]')"
-        " AND d.lease_token = json_extract(j.value, '$[1]')",
-        (dump_json([(d.id, d.lease_token) for d, _, _ in items]),),
-    ).fetchone()
-    kept_ids = set(orjson.loads(held))
-    kept = [(d, a, o) for d, a, o in items if d.id in kept_ids]
-    if kept:
+    lease was lost (its attempt is not recorded). Two statements whatever the batch size."""
+    kept_ids = {
+        row[0]
+        for row in conn.execute(
+            "UPDATE deliveries SET state = json_extract(j.value, '$[1]'),"
+            " attempts = attempts + 1, next_attempt_at = json_extract(j.value, '$[2]'),"
+            " lease_until = NULL, lease_token = NULL, updated_at = json_extract(j.value, '$[3]')"
+            " FROM json_each(?) j WHERE deliveries.id = json_extract(j.value, '$[0]')"
+            " AND deliveries.lease_token = json_extract(j.value, '$[4]') RETURNING deliveries.id",
+            (
+                dump_json(
+                    [
+                        (d.id, o.state.value, o.next_attempt_at, a.attempted_at, d.lease_token)
+                        for d, a, o in items
+                    ]
+                ),
+            ),
+        ).fetchall()
+    }
+    if kept_ids:
         conn.execute(
             "INSERT INTO attempts (delivery_id, attempted_at, status_code, latency_ms, error,"
             " response_excerpt) SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
@@ -307,19 +317,9 @@ def finish_attempts(
                             a.error,
                             a.response_excerpt,
                         )
-                        for d, a, _ in kept
+                        for d, a, _ in items
+                        if d.id in kept_ids
                     ]
-                ),
-            ),
-        )
-        conn.execute(
-            "UPDATE deliveries SET state = json_extract(j.value, '$[1]'),"
-            " attempts = attempts + 1, next_attempt_at = json_extract(j.value, '$[2]'),"
-            " lease_until = NULL, lease_token = NULL, updated_at = json_extract(j.value, '$[3]')"
-            " FROM json_each(?) j WHERE deliveries.id = json_extract(j.value, '$[0]')",
-            (
-                dump_json(
-                    [(d.id, o.state.value, o.next_attempt_at, a.attempted_at) for d, a, o in kept]
                 ),
             ),
         )

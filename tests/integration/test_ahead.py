@@ -50,8 +50,15 @@ def ahead_for(store: SqliteStore, *lanes: Lane, budget: int = 100) -> tuple[Ahea
         timeout_s=TIMEOUT_S,
         budget=budget,
         on_ready=lambda: wakes.append(1),
+        now=lambda: 0.0,
     )
     return ahead, wakes
+
+
+def claim_at(ahead: Ahead, now: float, order: list[str]) -> None:
+    """Ask for a claim at `now` (the claim itself looks at the clock a few turns later)."""
+    ahead._now = lambda: now
+    ahead.claim(now, order)
 
 
 def lane(sid: str = "a", concurrency: int = 2, rate: float | None = None) -> Lane:
@@ -70,7 +77,7 @@ async def test_claims_one_lanes_worth_ahead_of_what_is_in_flight(store: SqliteSt
     busy = lane(concurrency=3)
     busy.in_flight = 2
     ahead, wakes = ahead_for(store, busy)
-    ahead.claim(1.0, ["a"])
+    claim_at(ahead, 1.0, ["a"])
     assert ahead.claiming
     await ahead.settle()
     assert wakes == [1]  # the dispatcher is told the claim landed
@@ -83,14 +90,14 @@ async def test_a_lane_found_empty_waits_for_a_refresh_or_its_next_due_time(
     store: SqliteStore,
 ) -> None:
     ahead, _ = ahead_for(store, lane())
-    ahead.claim(1.0, ["a"])
+    claim_at(ahead, 1.0, ["a"])
     await ahead.settle()
     assert ahead.dry and ahead.due_at == 1.0 + IDLE_WAIT_S  # nothing stored at all
     await queue_events(store, range(2), now=1.0)
-    ahead.claim(2.0, ["a"])
+    claim_at(ahead, 2.0, ["a"])
     assert not ahead.claiming  # dry: the store is not asked again
     ahead.refresh()  # e.g. the poller stored new events
-    ahead.claim(2.0, ["a"])
+    claim_at(ahead, 2.0, ["a"])
     await ahead.settle()
     assert drain(ahead, "a", 2.0) == ["evt_0", "evt_1"]
 
@@ -100,24 +107,24 @@ async def test_a_dry_lane_is_looked_at_again_when_its_next_delivery_falls_due(
 ) -> None:
     await queue_events(store, range(1), now=50.0)  # due at 50
     ahead, _ = ahead_for(store, lane())
-    ahead.claim(10.0, ["a"])
+    claim_at(ahead, 10.0, ["a"])
     await ahead.settle()
     assert ahead.dry and ahead.due_at == 50.0
-    ahead.claim(49.0, ["a"])
+    claim_at(ahead, 49.0, ["a"])
     assert not ahead.claiming
-    ahead.claim(50.0, ["a"])
+    claim_at(ahead, 50.0, ["a"])
     await ahead.settle()
     assert drain(ahead, "a", 50.0) == ["evt_0"]
 
 
 async def test_a_refresh_during_a_claim_is_not_lost(store: SqliteStore) -> None:
     ahead, _ = ahead_for(store, lane())
-    ahead.claim(1.0, ["a"])
+    claim_at(ahead, 1.0, ["a"])
     await queue_events(store, range(1), now=1.0)
     ahead.refresh()  # arrives while the (empty) claim is on its way
     await ahead.settle()
     assert not ahead.dry
-    ahead.claim(1.0, ["a"])
+    claim_at(ahead, 1.0, ["a"])
     await ahead.settle()
     assert drain(ahead, "a", 1.0) == ["evt_0"]
 
@@ -125,11 +132,11 @@ async def test_a_refresh_during_a_claim_is_not_lost(store: SqliteStore) -> None:
 async def test_only_the_lanes_found_empty_go_dry(store: SqliteStore) -> None:
     await queue_events(store, range(6), sub="b")
     ahead, _ = ahead_for(store, lane("a"), lane("b", concurrency=1))
-    ahead.claim(1.0, ["a", "b"])
+    claim_at(ahead, 1.0, ["a", "b"])
     await ahead.settle()
     assert ahead.dry  # "a" has nothing
     assert drain(ahead, "b", 1.0) == ["evt_0", "evt_1"]
-    ahead.claim(1.0, ["a", "b"])  # "b" is still claimed for
+    claim_at(ahead, 1.0, ["a", "b"])  # "b" is still claimed for
     await ahead.settle()
     assert drain(ahead, "b", 1.0) == ["evt_2", "evt_3"]
 
@@ -138,7 +145,7 @@ async def test_a_throttled_lane_claims_no_more_than_it_may_send(store: SqliteSto
     await queue_events(store, range(5))
     slack = lane(concurrency=4, rate=1.0)  # one token at a time
     ahead, _ = ahead_for(store, slack)
-    ahead.claim(1.0, ["a"])
+    claim_at(ahead, 1.0, ["a"])
     await ahead.settle()
     assert ahead.queued("a") == 1
 
@@ -147,7 +154,7 @@ async def test_the_budget_caps_what_all_lanes_hold(store: SqliteStore) -> None:
     await queue_events(store, range(4), sub="a")
     await queue_events(store, range(4, 8), sub="b")
     ahead, _ = ahead_for(store, lane("a", 4), lane("b", 4), budget=3)
-    ahead.claim(1.0, ["a", "b"])
+    claim_at(ahead, 1.0, ["a", "b"])
     await ahead.settle()
     assert ahead.queued("a") + ahead.queued("b") == 3
 
@@ -157,16 +164,16 @@ async def test_a_lease_too_short_for_a_request_is_dropped_and_claimed_again(
 ) -> None:
     await queue_events(store, range(1))
     ahead, _ = ahead_for(store, lane())
-    ahead.claim(1.0, ["a"])
+    claim_at(ahead, 1.0, ["a"])
     await ahead.settle()
     # 15 s later the lease (30 s) could end before a 15 s request: it is not started
     late = 1.0 + LEASE_S - TIMEOUT_S
     assert ahead.pop("a", late) is None
     ahead.refresh()
-    ahead.claim(late, ["a"])
+    claim_at(ahead, late, ["a"])
     await ahead.settle()
     assert ahead.queued("a") == 0  # still leased: nobody else takes it either
-    ahead.claim(1.0 + LEASE_S, ["a"])  # the lease has run out: given out again
+    claim_at(ahead, 1.0 + LEASE_S, ["a"])  # the lease has run out: given out again
     await ahead.settle()
     [again] = [ahead.pop("a", 1.0 + LEASE_S)]
     assert again is not None and again.event.id == "evt_0"
@@ -175,10 +182,10 @@ async def test_a_lease_too_short_for_a_request_is_dropped_and_claimed_again(
 async def test_a_delivery_given_out_again_replaces_its_stale_copy(store: SqliteStore) -> None:
     await queue_events(store, range(1))
     ahead, _ = ahead_for(store, lane())
-    ahead.claim(1.0, ["a"])
+    claim_at(ahead, 1.0, ["a"])
     await ahead.settle()
     ahead.refresh()
-    ahead.claim(1.0 + LEASE_S, ["a"])  # its lease ran out while it sat in the queue
+    claim_at(ahead, 1.0 + LEASE_S, ["a"])  # its lease ran out while it sat in the queue
     await ahead.settle()
     assert ahead.queued("a") == 1
     fresh = ahead.pop("a", 1.0 + LEASE_S)
@@ -189,7 +196,7 @@ async def test_a_delivery_given_out_again_replaces_its_stale_copy(store: SqliteS
 async def test_release_hands_queued_deliveries_back_due_at_once(store: SqliteStore) -> None:
     await queue_events(store, range(3))
     ahead, _ = ahead_for(store, lane(concurrency=2))
-    ahead.claim(1.0, ["a"])
+    claim_at(ahead, 1.0, ["a"])
     await ahead.settle()
     assert ahead.queued("a") == 3
     assert await store.claim_due(now=2.0, limit=10, lease_s=5, subscribers=["a"]) == []
@@ -204,7 +211,7 @@ async def test_a_store_error_is_logged_and_retried_later(tmp_path: Path) -> None
     await store.open()
     await store.close()  # every query now fails with a StoreError
     ahead, wakes = ahead_for(store, lane())
-    ahead.claim(1.0, ["a"])
+    claim_at(ahead, 1.0, ["a"])
     await asyncio.wait_for(ahead.settle(), 5)
     assert wakes == [1] and ahead.dry and ahead.due_at == 6.0
 
@@ -247,3 +254,16 @@ async def test_stopping_the_dispatcher_hands_back_what_it_claimed_ahead(
         }
         back = await svc.store.claim_due(now=clock.now(), limit=5, lease_s=5, subscribers=["rx"])
         assert sorted(d.event.id for d in back) == ["evt_1", "evt_2"]
+
+
+async def test_a_claim_looks_a_few_turns_later_so_it_sees_what_changed_meanwhile(
+    store: SqliteStore,
+) -> None:
+    await queue_events(store, range(10))
+    busy = lane(concurrency=3)
+    ahead, _ = ahead_for(store, busy)
+    claim_at(ahead, 1.0, ["a"])  # asked for with nothing in flight: room for 6
+    await asyncio.sleep(0)
+    busy.in_flight = 3  # requests started a turn later, before it looked
+    await ahead.settle()
+    assert ahead.queued("a") == 3

@@ -76,3 +76,21 @@ async def test_the_log_is_checkpointed_every_so_many_commits(
     assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert check.execute("SELECT COUNT(*) FROM attempts").fetchone() == (25,)
     check.close()
+
+
+async def test_attempts_answered_a_few_turns_apart_share_one_transaction(
+    store: SqliteStore,
+) -> None:
+    await store.commit_scan(ScanCommit([], [(event(n), ["a"]) for n in range(3)], now=1.0))
+    claimed = await store.claim_lanes(now=1.0, lease_s=30, rooms=[("a", 3)])
+    assert store._inline is not None
+    before = store._inline.commits
+    done = AttemptOutcome(DeliveryState.DELIVERED)
+
+    async def answered_later(turns: int, n: int) -> bool:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        return await store.finish_attempt(claimed[n], Attempt(1.0, 200, 1.0, None, "ok"), done)
+
+    assert await asyncio.gather(*(answered_later(turn, turn) for turn in range(3))) == [True] * 3
+    assert store._inline.commits == before + 1
