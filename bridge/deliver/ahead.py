@@ -18,6 +18,7 @@ from bridge.store.base import Store
 log = structlog.get_logger("bridge.deliver")
 
 IDLE_WAIT_S = 60.0
+RECORD_S = 6.0  # time to record an attempt, waiting for the store's lock included
 STORE_RETRY_S = 5.0
 GATHER_TURNS = 3  # turns of the event loop a claim waits, so that it grows
 
@@ -46,12 +47,15 @@ class Ahead:
         self._now = now
         self._lanes = lanes
         self._lease_s = lease_s
-        self._usable_s = lease_s - timeout_s - 1.0  # time left in a lease to start a request
+        # a request may start while its lease still covers it and its recording
+        self._usable_s = lease_s - timeout_s - RECORD_S
         self._budget = budget
         self._on_ready = on_ready
         self._queues: dict[str, deque[tuple[Delivery, float]]] = {sid: deque() for sid in lanes}
         self._queued_ids: set[int] = set()
+        self._stale: list[Delivery] = []  # dropped from a queue, still leased: handed back
         self._claim: asyncio.Task[None] | None = None
+        self._handing_back: asyncio.Task[None] | None = None
         self._dry: set[str] = set()
         self._changes = 0  # refreshes so far: a claim that raced one does not leave it dry
         self.due_at: float | None = None  # when dry: when to look again
@@ -81,11 +85,15 @@ class Ahead:
             self._queued_ids.discard(delivery.id)
             if now - claimed_at <= self._usable_s:
                 return delivery
+            self._stale.append(delivery)
         return None
 
     def claim(self, now: float, order: Sequence[str]) -> None:
         """Start a claim in the background for the lanes (in `order`) running short. It looks
         a few turns of the event loop later, so the answers arriving meanwhile share it."""
+        if self._stale and (self._handing_back is None or self._handing_back.done()):
+            stale, self._stale = self._stale, []
+            self._handing_back = asyncio.create_task(self._hand_back(stale))
         if self.claiming:
             return
         if self._dry and self.due_at is not None and now >= self.due_at:
@@ -138,17 +146,28 @@ class Ahead:
                 if changes == self._changes:
                     self._dry.update(short)
                     self.due_at = now + IDLE_WAIT_S if due is None else max(now, due)
-        except StoreError as exc:
-            log.error("cannot claim deliveries, will try again", error=str(exc))
+        except Exception as exc:  # a store error, or anything unforeseen: try again later
+            log.error("cannot claim deliveries, will try again", error=str(exc) or repr(exc))
             self._dry.update(sid for sid, _ in rooms)
-            self.due_at = now + STORE_RETRY_S
+            retry_at = now + STORE_RETRY_S
+            self.due_at = retry_at if self.due_at is None else min(self.due_at, retry_at)
         finally:
             self._on_ready()
 
+    async def _hand_back(self, stale: list[Delivery]) -> None:
+        """Release deliveries whose lease got too short to send them: due again now."""
+        for delivery in stale:
+            try:
+                await self._store.release(delivery, now=self._now())
+            except StoreError as exc:  # the lease runs out on its own
+                log.warning("cannot hand a delivery back", error=str(exc))
+        self._on_ready()
+
     async def settle(self) -> None:
-        """Wait for the running claim, if any, to land."""
-        if self._claim is not None:
-            await asyncio.gather(self._claim, return_exceptions=True)
+        """Wait for the running claim, if any, to land (and deliveries handed back)."""
+        for task in (self._claim, self._handing_back):
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
 
     async def release(self, now: float, sids: Sequence[str] | None = None) -> None:
         """Hand queued deliveries back to the store, due now (all lanes, or `sids`)."""
@@ -159,6 +178,7 @@ class Ahead:
                 self._queued_ids.discard(delivery.id)
                 try:
                     await self._store.release(delivery, now=now)
-                except StoreError as exc:  # the lease runs out on its own
-                    log.warning("cannot hand a delivery back", error=str(exc))
-                    return
+                except StoreError as exc:  # their leases run out on their own
+                    log.warning("cannot hand deliveries back", error=str(exc))
+                    self._queued_ids.difference_update(d.id for d, _ in queue)
+                    queue.clear()  # this lane's others too; the next lane may fare better

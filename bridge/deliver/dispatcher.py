@@ -24,6 +24,7 @@ from bridge.store.base import Store, SubscriberHealth
 
 log = structlog.get_logger("bridge.deliver")
 
+QUEUED_S = 10.0  # of a lease, for waiting in the queue ahead of the requests in flight
 RECORDING_FACTOR = 2  # answered attempts waiting to be recorded, at most this x max_in_flight
 SHUTDOWN_SLACK_S = 2.0  # after `timeout_s`, to record the outcome of the last requests
 
@@ -65,8 +66,9 @@ class Dispatcher:
         self._clock = clock
         self._rand = rand
         self._on_sent = on_sent
-        # longer than a whole attempt, so no two workers ever send the same delivery at once
-        self.lease_s = config.timeout_s + max(5.0, config.timeout_s)
+        # longer than a wait in the queue ahead, a whole attempt and its recording, so no two
+        # workers ever send the same delivery at once
+        self.lease_s = config.timeout_s + max(5.0, config.timeout_s) + QUEUED_S
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()  # sending or recording
         self._sending = 0  # requests on the wire: what `max_in_flight` caps
@@ -194,6 +196,7 @@ class Dispatcher:
             idle = [sid for sid in paused if self._ahead.queued(sid)]
             if idle:
                 await self._ahead.release(now, idle)
+                now = self._clock.now()
         self._turn = (self._turn + 1) % max(1, len(active))
         order = active[self._turn :] + active[: self._turn]
         started, waits = 0, []
@@ -212,13 +215,12 @@ class Dispatcher:
                 started += 1
                 free -= 1
         self._ahead.claim(now, order)
-        if started:  # everything startable started: the next look is when one finishes
+        if self._ahead.claiming:  # its landing wakes us
             return started, None
-        if self._ahead.claiming:
-            return 0, None
         if self._ahead.dry and self._ahead.due_at is not None:
             waits.append(max(0.0, self._ahead.due_at - now))
-        return 0, min(waits) if waits else None
+        # else a finished request wakes us; a throttled lane or a dry one's due time may first
+        return started, min(waits) if waits else None
 
     def _start(self, lane: Lane, delivery: Delivery, now: float) -> None:
         lane.bucket.take(now)

@@ -60,6 +60,7 @@ async def post(
     excerpt = b""
     error: str | None = None
     retry_after_s: float | None = None
+    answered: int | None = None
     try:
         async with session.post(
             sub.url,
@@ -68,9 +69,10 @@ async def post(
             timeout=_timeout(timeout_s),
             allow_redirects=False,
         ) as resp:
-            excerpt = await _read_body(resp.content)
-            status = resp.status  # an answer counts once its body is in, within `timeout_s`
+            answered = resp.status
             retry_after_s = parse_retry_after(resp.headers.get("Retry-After"), now=now)
+            excerpt = await _read_body(resp.content)
+            status = answered  # a success counts once its body is in, within `timeout_s`
             if status == 429 and (in_body := body_retry_after(excerpt)) is not None:
                 retry_after_s = max(retry_after_s or 0.0, in_body)
             if status >= 300:
@@ -83,6 +85,8 @@ async def post(
         error = f"cannot connect to {exc.host}:{exc.port}: {exc.os_error}"
     except aiohttp.ClientError as exc:
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if status is None and answered is not None and not 200 <= answered < 300:
+        status = answered  # a refusal counts even when its body did not arrive whole
     attempt = Attempt(
         attempted_at=now,
         status_code=status,

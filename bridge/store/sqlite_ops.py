@@ -45,7 +45,8 @@ def load_record(text: str) -> Any:
 
 _CLAIMED = (
     "SELECT json_group_array(json_array(d.id, d.subscriber_id, d.attempts, e.id, e.type,"
-    " e.record_id, e.occurred_at, e.previous_status, e.data, d.next_attempt_at))"
+    " e.record_id, printf('%!.17g', e.occurred_at), e.previous_status, e.data,"
+    " d.next_attempt_at))"
     " FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.id IN ({ids})"
 )
 _DUE = (
@@ -119,7 +120,8 @@ def _lease(
             subscriber_id=row[1],
             attempts=row[2],
             lease_token=token,
-            event=Event(row[3], row[4], row[5], row[6], row[7], load_record(row[8])),
+            # the time as text: JSON numbers from SQLite keep only 15 digits
+            event=Event(row[3], row[4], row[5], float(row[6]), row[7], load_record(row[8])),
         )
         for row in rows
     ]
@@ -282,6 +284,9 @@ def finish_attempts(
 ) -> list[bool]:
     """Record a batch of attempts and release their leases; False for each delivery whose
     lease was lost (its attempt is not recorded). Two statements whatever the batch size."""
+    if len({d.id for d, _, _ in items}) < len(items):
+        # a stale copy of a delivery given out again: only the lease holder's copy may count
+        return [kept for item in items for kept in finish_attempts([item], conn)]
     kept_ids = {
         row[0]
         for row in conn.execute(

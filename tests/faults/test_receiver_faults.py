@@ -132,15 +132,23 @@ async def slow_body(request: web.Request, rx: FaultyReceiver) -> web.StreamRespo
     return response
 
 
-async def cut_off(request: web.Request, rx: FaultyReceiver) -> web.StreamResponse:
-    """200 and part of the body, then the connection closes before the rest."""
-    response = web.StreamResponse(status=200, headers={"Content-Length": str(len(SLOW_BODY))})
-    await response.prepare(request)
-    await response.write(SLOW_BODY[:10])
-    assert request.transport is not None
-    request.transport.close()
-    await rx.release.wait()
-    return response
+def cut_off_after(status: int) -> Fault:
+    async def respond(request: web.Request, rx: FaultyReceiver) -> web.StreamResponse:
+        """`status` and part of the body, then the connection closes before the rest."""
+        response = web.StreamResponse(
+            status=status, headers={"Content-Length": str(len(SLOW_BODY))}
+        )
+        await response.prepare(request)
+        await response.write(SLOW_BODY[:10])
+        assert request.transport is not None
+        request.transport.close()
+        await rx.release.wait()
+        return response
+
+    return respond
+
+
+cut_off = cut_off_after(200)
 
 
 async def endless_body(request: web.Request, rx: FaultyReceiver) -> web.StreamResponse:
@@ -229,6 +237,17 @@ MATRIX = {
     "endless body": Row(endless_body, 200, None, "x" * 4096, DELIVERED),
     "body cut off": Row(
         cut_off, None, r"ClientPayloadError: .+", "", PENDING, FIRST_DELAY_S, cut=True
+    ),
+    # a refusal counts even when its body does not arrive whole
+    "410 with its body cut off": Row(
+        cut_off_after(410),
+        410,
+        r"ClientPayloadError: .+",
+        "",
+        PENDING,
+        FIRST_DELAY_S,
+        disables=True,
+        cut=True,
     ),
 }
 

@@ -17,7 +17,9 @@ from aiohttp.test_utils import TestServer
 from bridge.clock import FakeClock, SystemClock
 from bridge.config import Settings
 from bridge.deliver.lanes import Lane, TokenBucket
+from bridge.models import Event
 from bridge.service import Service
+from bridge.store.base import ScanCommit
 from bridge.upstream.simulator import Simulator
 from tests.conftest import make_secret
 from tests.integration.helpers import RecordingReceiver
@@ -166,3 +168,50 @@ async def running(config: Settings) -> AsyncIterator[Service]:
         finally:
             stop.set()
             await runner
+
+
+async def test_a_throttled_lane_keeps_its_pace_while_another_lane_waits_on_its_receiver(
+    aiohttp_server: ServerFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    """On the fake clock: a lane waiting for its rate limit's next token is woken on time even
+    when another lane has just started a request that does not end."""
+    release = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        await request.read()
+        await release.wait()
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_post("/hook", hang)
+    slow: TestServer = await aiohttp_server(app)
+    paced = RecordingReceiver()
+    subs = [
+        {"id": "slow", "url": str(slow.make_url("/hook")), "max_concurrency": 1},
+        {"id": "paced", "url": await serve(aiohttp_server, paced), "rate_limit_per_s": 1},
+    ]
+    config = settings("http://127.0.0.1:9", subs, tmp_path / "b", timeout_s=60)
+    async with Service(config, clock=clock) as svc:
+        t0 = clock.now()
+        events = [
+            Event(f"evt_{n}", "denoise.completed", f"r{n}", t0, None, {"id": f"r{n}"})
+            for n in range(5)
+        ]
+        await svc.store.commit_scan(ScanCommit([], [(e, ["paced"]) for e in events[:4]], t0))
+        # the slow lane's one event falls due while "paced" waits for its second token
+        await svc.store.commit_scan(ScanCommit([], [(events[4], ["slow"])], t0 + 0.3))
+        stop = asyncio.Event()
+        runner = asyncio.create_task(svc.dispatcher.run(stop))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while len(paced.requests) < 4:
+            assert loop.time() < deadline, f"'paced' stalled after {len(paced.requests)}"
+            wake = clock.next_wakeup_in()
+            if wake is not None and wake <= 1.0:
+                await clock.advance(wake)
+            else:
+                await asyncio.sleep(0.01)  # real I/O under way
+        assert clock.now() - t0 <= 3.5  # one a second, from the first
+        stop.set()
+        release.set()
+        await runner

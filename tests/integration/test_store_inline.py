@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -37,7 +38,9 @@ async def test_a_claim_waits_on_the_worker_thread_while_another_connection_write
     other.execute("BEGIN IMMEDIATE")
     other.execute("INSERT INTO meta (key, value) VALUES ('other', 'x')")
     claim = asyncio.create_task(store.claim_lanes(now=1.0, lease_s=30, rooms=[("a", 5)]))
-    await asyncio.sleep(0)  # the loop is free: the claim went to wait on the worker thread
+    started = time.perf_counter()
+    await asyncio.sleep(0)  # the claim tries the loop's connection, then goes to the thread
+    assert time.perf_counter() - started < 1.0  # the loop never waited for the lock (5 s)
     assert not claim.done()
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, other.execute, "COMMIT")

@@ -188,11 +188,11 @@ async def test_using_a_closed_store_is_a_store_error(tmp_path: Path) -> None:
 
 async def test_claimed_events_come_back_exactly_as_stored(store: SqliteStore) -> None:
     odd = {"id": "r1", "size": 2**70, "ratio": float("inf"), "name": 'réunion "q" ✓\n'}
-    await store.commit_scan(
-        ScanCommit([], [(Event("evt_x", "denoise.completed", "r1", 1.25, None, odd), ["a"])], 1.0)
-    )
+    at = 1_764_070_440.1234567  # more digits than SQLite's JSON numbers keep
+    stored = Event("evt_x", "denoise.completed", "r1", at, None, odd)
+    await store.commit_scan(ScanCommit([], [(stored, ["a"])], now=1.0))
     [d] = await store.claim_due(now=1.0, limit=5, lease_s=60, subscribers=["a"])
-    assert d.event == Event("evt_x", "denoise.completed", "r1", 1.25, None, odd)
+    assert d.event == stored and d.event.occurred_at == at
 
 
 async def test_a_batch_records_each_attempt_exactly_and_refuses_lost_leases(
@@ -245,3 +245,19 @@ async def test_lanes_are_claimed_each_up_to_its_room_however_many_there_are(
     }
     again = await store.claim_lanes(now=10.0, lease_s=60, rooms=[(s, 5) for s in subs])
     assert len(again) == 150 + 75 and {d.event.id for d in again} == {"evt_1", "evt_2"}
+
+
+async def test_a_stale_copy_in_the_same_batch_as_the_lease_holder_is_refused(
+    store: SqliteStore,
+) -> None:
+    await store.commit_scan(ScanCommit([], [(event(1), ["a"])], now=10.0))
+    [stale] = await store.claim_due(now=10.0, limit=1, lease_s=5, subscribers=["a"])
+    [holder] = await store.claim_due(now=16.0, limit=1, lease_s=60, subscribers=["a"])
+    results = await asyncio.gather(
+        store.finish_attempt(stale, attempt(16.5, 200), AttemptOutcome(DeliveryState.DELIVERED)),
+        store.finish_attempt(holder, attempt(17.0), AttemptOutcome(DeliveryState.PENDING, 20.0)),
+    )
+    assert list(results) == [False, True]
+    [view] = await store.list_deliveries(subscriber="a")
+    assert view.state is DeliveryState.PENDING and view.attempts == 1
+    assert [a.status_code for a in view.history] == [500]
