@@ -13,12 +13,11 @@ import structlog
 from bridge.clock import Clock, sleep_or_event
 from bridge.config import DeliveryConfig, SubscriberConfig
 from bridge.deliver import policy
-from bridge.deliver.ahead import STORE_RETRY_S, Ahead
+from bridge.deliver.ahead import Ahead
 from bridge.deliver.formats import render
 from bridge.deliver.lanes import Lane, TokenBucket
 from bridge.deliver.sender import post
 from bridge.deliver.signing import Signer
-from bridge.errors import StoreError
 from bridge.models import Attempt, Delivery, DeliveryState
 from bridge.store.base import Store, SubscriberHealth
 
@@ -161,11 +160,7 @@ class Dispatcher:
         try:
             while not stop.is_set():
                 self._wake.clear()
-                try:
-                    _, delay_s = await self._fill()
-                except StoreError as exc:
-                    log.error("cannot claim deliveries, will try again", error=str(exc))
-                    delay_s = STORE_RETRY_S
+                _, delay_s = await self._fill()  # store errors: `Ahead` retries them later
                 if delay_s is None:
                     await self._wake.wait()  # a slot freed up, new work, or stop
                 elif delay_s > 0.0:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import orjson
-
+from bridge import jsontext
 from bridge.deliver.chat_formats import discord_body, slack_body, teams_body
 from bridge.models import Event, iso_utc
 
@@ -71,8 +69,4 @@ def body(event: Event, fmt: str) -> dict[str, Any]:
 
 def render(event: Event, fmt: str) -> str:
     """The request body as compact JSON text (signed and sent as UTF-8)."""
-    doc = body(event, fmt)
-    try:
-        return orjson.dumps(doc).decode()
-    except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits: the slower, exact way
-        return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    return jsontext.dumps(body(event, fmt))

@@ -32,7 +32,7 @@ from bridge.store.base import (
     ScanCommit,
     SubscriberHealth,
 )
-from bridge.store.sqlite_inline import Busy, InlineWriter
+from bridge.store.sqlite_inline import Busy, InlineWriter, commit_or_roll_back
 
 T = TypeVar("T")
 
@@ -492,18 +492,9 @@ def _forget(conn: sqlite3.Connection, commit: ScanCommit) -> list[str]:
 
 
 def _in_transaction(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
-    """`fn` inside BEGIN IMMEDIATE … COMMIT; on any error (COMMIT's own included) the
-    transaction is rolled back, unless SQLite already did (it does on SQLITE_FULL and some
-    I/O errors), so the first error is the one raised and the connection is left usable."""
+    """`fn` inside BEGIN IMMEDIATE … COMMIT (see `commit_or_roll_back`)."""
     conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = fn(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return result
+    return commit_or_roll_back(conn, fn)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

@@ -28,6 +28,20 @@ class Busy:
 BUSY = Busy()
 
 
+def commit_or_roll_back(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """`fn` in the transaction just begun, then COMMIT; on any error (COMMIT's own included)
+    the transaction is rolled back, unless SQLite already did (it does on SQLITE_FULL and some
+    I/O errors), so the first error is the one raised and the connection is left usable."""
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
 class InlineWriter:
     """A second connection to the store's file, used only from the event loop's thread."""
 
@@ -56,13 +70,7 @@ class InlineWriter:
             if getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
                 return BUSY
             raise
-        try:
-            result = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        result = commit_or_roll_back(conn, fn)
         self.commits += 1
         return result
 

@@ -10,8 +10,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import orjson
-
+from bridge import jsontext
 from bridge.models import Attempt, Delivery, DeliveryState, DeliveryView, Event, Replayed
 from bridge.store.base import AttemptOutcome
 
@@ -34,15 +33,6 @@ IN_ORDER = """
 """
 
 
-def load_record(text: str) -> Any:
-    """A stored record, as fast as possible (NaN, which upstream may send and orjson
-    refuses, the slower exact way)."""
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
-
-
 _CLAIMED = (
     "SELECT json_group_array(json_array(d.id, d.subscriber_id, d.attempts, e.id, e.type,"
     " e.record_id, printf('%!.17g', e.occurred_at), e.previous_status, e.data,"
@@ -56,15 +46,6 @@ _DUE = (
     " AND d.subscriber_id IN ({subs}) AND " + IN_ORDER + " ORDER BY d.next_attempt_at, d.id LIMIT ?"
 )
 LANES_PER_CLAIM = 100  # lanes claimed for by one statement (SQLite allows 500 compound terms)
-
-
-def dump_json(value: Any) -> str:
-    """Parameters for SQLite's JSON functions, as fast as possible (a string orjson refuses,
-    such as one holding a lone surrogate, the slower exact way)."""
-    try:
-        return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:
-        return json.dumps(value)
 
 
 def claim(
@@ -107,12 +88,12 @@ def _lease(
     leases are taken by one statement: a statement step per batch rather than per row, as
     each step hands the interpreter lock back and forth with the event loop's thread."""
     (found,) = conn.execute(_CLAIMED.format(ids=due), params).fetchone()
-    rows = sorted(orjson.loads(found), key=lambda row: (row[9], row[0]))
+    rows = sorted(jsontext.loads(found), key=lambda row: (row[9], row[0]))
     if rows:
         conn.execute(
             "UPDATE deliveries SET lease_until = ?, lease_token = ?"
             " WHERE id IN (SELECT value FROM json_each(?))",
-            (until, token, dump_json([row[0] for row in rows])),
+            (until, token, jsontext.dumps([row[0] for row in rows])),
         )
     return [
         Delivery(
@@ -121,7 +102,7 @@ def _lease(
             attempts=row[2],
             lease_token=token,
             # the time as text: JSON numbers from SQLite keep only 15 digits
-            event=Event(row[3], row[4], row[5], float(row[6]), row[7], load_record(row[8])),
+            event=Event(row[3], row[4], row[5], float(row[6]), row[7], jsontext.loads(row[8])),
         )
         for row in rows
     ]
@@ -296,7 +277,7 @@ def finish_attempts(
             " FROM json_each(?) j WHERE deliveries.id = json_extract(j.value, '$[0]')"
             " AND deliveries.lease_token = json_extract(j.value, '$[4]') RETURNING deliveries.id",
             (
-                dump_json(
+                jsontext.dumps(
                     [
                         (d.id, o.state.value, o.next_attempt_at, a.attempted_at, d.lease_token)
                         for d, a, o in items
@@ -312,7 +293,7 @@ def finish_attempts(
             " json_extract(value, '$[2]'), json_extract(value, '$[3]'),"
             " json_extract(value, '$[4]'), json_extract(value, '$[5]') FROM json_each(?)",
             (
-                dump_json(
+                jsontext.dumps(
                     [
                         (
                             d.id,

@@ -4,11 +4,10 @@ dropped and replaced, queued deliveries go back to the store."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import web
 
 from bridge.clock import FakeClock
@@ -27,14 +26,6 @@ TIMEOUT_S = 15.0
 def event(n: int) -> Event:
     rid = f"r{n}"
     return Event(f"evt_{n}", "denoise.completed", rid, float(n), "pending", {"id": rid})
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "b.db")
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def queue_events(store: Store, numbers: range, sub: str = "a", now: float = 0.0) -> None:

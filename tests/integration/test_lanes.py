@@ -79,6 +79,22 @@ async def serve(aiohttp_server: ServerFactory, receiver: RecordingReceiver) -> s
     return str(server.make_url("/hook"))
 
 
+async def serve_hanging(
+    aiohttp_server: ServerFactory, release: asyncio.Event, bodies: list[str]
+) -> str:
+    """A receiver that keeps every request (its body noted in `bodies`) until `release`."""
+
+    async def hang(request: web.Request) -> web.Response:
+        bodies.append(await request.text())
+        await release.wait()
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_post("/hook", hang)
+    server: TestServer = await aiohttp_server(app)
+    return str(server.make_url("/hook"))
+
+
 async def test_events_of_a_record_arrive_in_order_under_retries(
     sim: Simulator, sim_url: str, aiohttp_server: ServerFactory, clock: FakeClock, tmp_path: Path
 ) -> None:
@@ -129,18 +145,10 @@ async def test_a_hanging_subscriber_does_not_delay_a_healthy_one(
     up: TestServer = await aiohttp_server(sim.make_app())
     release = asyncio.Event()
     hung: list[str] = []
-
-    async def hang(request: web.Request) -> web.Response:
-        hung.append(await request.text())
-        await release.wait()
-        return web.Response(text="late")
-
-    app = web.Application()
-    app.router.add_post("/hook", hang)
-    slow: TestServer = await aiohttp_server(app)
+    slow_url = await serve_hanging(aiohttp_server, release, hung)
     healthy = RecordingReceiver()
     subs = [
-        {"id": "slow", "url": str(slow.make_url("/hook")), "events": ["denoise.*"]},
+        {"id": "slow", "url": slow_url, "events": ["denoise.*"]},
         {"id": "ok", "url": await serve(aiohttp_server, healthy), "events": ["denoise.*"]},
     ]
     config = settings(
@@ -176,18 +184,10 @@ async def test_a_throttled_lane_keeps_its_pace_while_another_lane_waits_on_its_r
     """On the fake clock: a lane waiting for its rate limit's next token is woken on time even
     when another lane has just started a request that does not end."""
     release = asyncio.Event()
-
-    async def hang(request: web.Request) -> web.Response:
-        await request.read()
-        await release.wait()
-        return web.Response(text="late")
-
-    app = web.Application()
-    app.router.add_post("/hook", hang)
-    slow: TestServer = await aiohttp_server(app)
+    slow_url = await serve_hanging(aiohttp_server, release, [])
     paced = RecordingReceiver()
     subs = [
-        {"id": "slow", "url": str(slow.make_url("/hook")), "max_concurrency": 1},
+        {"id": "slow", "url": slow_url, "max_concurrency": 1},
         {"id": "paced", "url": await serve(aiohttp_server, paced), "rate_limit_per_s": 1},
     ]
     config = settings("http://127.0.0.1:9", subs, tmp_path / "b", timeout_s=60)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,6 @@ from bridge.store.sqlite import SqliteStore
 
 def event(n: int) -> Event:
     return Event(f"evt_{n}", "denoise.completed", f"r{n}", float(n), None, {"id": f"r{n}"})
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "b.db", busy_timeout_s=5.0)
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def test_a_claim_waits_on_the_worker_thread_while_another_connection_writes(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,14 +20,6 @@ def event(n: int, rid: str = "r1", type_: str = "denoise.completed") -> Event:
 
 def attempt(at: float, code: int | None = 500) -> Attempt:
     return Attempt(at, code, 12.5, None if code == 200 else "HTTP 500", "busy")
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "b.db")
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def test_schema_is_versioned_and_wal(tmp_path: Path, store: SqliteStore) -> None:
