@@ -38,9 +38,11 @@ from pydantic_settings import (
 
 from bridge.errors import ConfigError
 from bridge.models import EVENT_TYPES
+from bridge.redact import redact_url
 
 DEFAULT_CONFIG_PATH = "bridge.toml"
 DEFAULT_EVENTS = ["denoise.completed", "denoise.failed"]
+MIN_TOKEN_CHARS = 16
 RESERVED_HEADERS = frozenset(
     {
         "webhook-id",
@@ -63,12 +65,15 @@ Format = Literal["standard", "zapier", "slack", "discord", "teams"]
 
 def _http_url(value: str) -> str:
     parts = urlsplit(value)
+    # the value is never echoed whole: a webhook URL's path or query is its credential
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+        raise ValueError(
+            f"must be an http:// or https:// URL with a host, got {redact_url(value)!r}"
+        )
     try:
         _ = parts.port
-    except ValueError as exc:
-        raise ValueError(f"has an invalid port: {value!r}") from exc
+    except ValueError:
+        raise ValueError(f"has an invalid port: {redact_url(value)!r}") from None
     return value
 
 
@@ -132,6 +137,7 @@ class UpstreamConfig(_Section):
     full_scan_interval_s: float = Field(86400.0, ge=0)
     max_pages_per_scan: int = Field(200, ge=3)
     backfill: bool = False
+    max_response_bytes: int = Field(16 * 1024 * 1024, ge=4096)
 
     @field_validator("base_url")
     @classmethod
@@ -146,6 +152,7 @@ class UpstreamConfig(_Section):
 
 class StoreConfig(_Section):
     url: str = "sqlite:///data/bridge.db"
+    retention_days: float = Field(30.0, gt=0)
 
     @field_validator("url")
     @classmethod
@@ -187,6 +194,7 @@ class AdminConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     token: SecretStr | None = None
+    allowed_hosts: list[str] = Field(default_factory=list)
 
     @field_validator("host")
     @classmethod
@@ -196,8 +204,23 @@ class AdminConfig(_Section):
     @field_validator("token")
     @classmethod
     def _token(cls, value: SecretStr | None) -> SecretStr | None:
-        # an empty token would let an empty `Authorization: Bearer` through
-        return None if value is None else _header_token(value)
+        # an empty or short token would be guessed
+        if value is None:
+            return None
+        _header_token(value)
+        if len(value.get_secret_value()) < MIN_TOKEN_CHARS:
+            raise ValueError(f"must be at least {MIN_TOKEN_CHARS} characters")
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, value: list[str]) -> list[str]:
+        for i, host in enumerate(value):
+            try:
+                _listen_host(host)
+            except ValueError:
+                raise ValueError(f"item {i}: must be a host name or IP address") from None
+        return [h.lower().removesuffix(".") for h in value]
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> AdminConfig:

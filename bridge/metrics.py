@@ -63,6 +63,22 @@ class Metrics:
         self.progress_streams = Gauge(
             "bridge_progress_streams", "Progress streams open", registry=reg
         )
+        self.component_restarts = Counter(
+            "bridge_component_restarts",
+            "Restarts of a supervised component after an unexpected error",
+            ["component"],
+            registry=reg,
+        )
+        self.records_quarantined = Counter(
+            "bridge_records_quarantined",
+            "Munsit records skipped because they cannot be stored or delivered as sent",
+            registry=reg,
+        )
+        self.outbox_orphaned = Gauge(
+            "bridge_outbox_orphaned",
+            "Deliveries kept for subscribers no longer in the configuration",
+            registry=reg,
+        )
         self.last_poll_success = Gauge(
             "bridge_last_poll_success_timestamp_seconds",
             "Unix time of the last successful poll",

@@ -55,6 +55,8 @@ class Service:
         self._on_sent = on_sent
         self._sessions: list[aiohttp.ClientSession] = []
         self.metrics = Metrics()
+        # supervised components that keep failing: name -> their last error (for /readyz)
+        self.failing: dict[str, str] = {}
 
     async def __aenter__(self) -> Service:
         await self.store.open()
