@@ -10,6 +10,8 @@ from typing import Any, TextIO
 import orjson
 import structlog
 
+from bridge.redact import redact_text
+
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -23,6 +25,16 @@ def _json_line(event_dict: Any, default: Callable[[Any], Any] | None = None) -> 
     return orjson.dumps(event_dict, default=default).decode()
 
 
+def _redact_errors(_logger: Any, _name: str, event_dict: Any) -> Any:
+    """Tracebacks and error texts carry exception messages, which may embed a webhook URL:
+    cut every URL in them to scheme, host and port."""
+    for key in ("exception", "error"):
+        value = event_dict.get(key)
+        if isinstance(value, str) and "://" in value:
+            event_dict[key] = redact_text(value)
+    return event_dict
+
+
 def configure(
     level: str = "info", fmt: str = "auto", stream: TextIO | None = None, *, cache: bool = False
 ) -> None:
@@ -31,7 +43,10 @@ def configure(
     out = stream or sys.stdout
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer(colors=out.isatty())
+        # plain tracebacks: a "pretty" one prints local variables, secrets among them
+        structlog.dev.ConsoleRenderer(
+            colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
         if use_console
         else structlog.processors.JSONRenderer(serializer=_json_line)
     )
@@ -41,6 +56,7 @@ def configure(
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            _redact_errors,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),

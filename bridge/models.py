@@ -89,6 +89,7 @@ class DeliveryState(StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"
     FAILED = "failed"
+    ORPHANED = "orphaned"  # its subscriber is no longer configured: kept, not sent
 
 
 @dataclass(frozen=True, slots=True)

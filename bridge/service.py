@@ -23,6 +23,7 @@ from bridge.metrics import Metrics
 from bridge.models import PROGRESS, DeliveryState
 from bridge.store.base import Store
 from bridge.store.sqlite import SqliteStore
+from bridge.supervise import Supervisor
 from bridge.upstream.client import MunsitClient
 
 RESULTS = {DeliveryState.DELIVERED: "delivered", DeliveryState.FAILED: "failed"}
@@ -156,12 +157,20 @@ class Service:
             self._on_poll(result)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll and deliver until `stop` is set; in-flight deliveries get `timeout_s` to end."""
+        """Poll and deliver until `stop` is set; in-flight deliveries get `timeout_s` to end.
+        Each component is supervised on its own: an unexpected error restarts that one."""
         admin = await self._start_admin() if self.settings.admin.enabled else None
+        supervisor = Supervisor(
+            stop,
+            clock=self.clock,
+            failing=self.failing,
+            on_restart=lambda name: self.metrics.component_restarts.labels(name).inc(),
+            rand=self._rand,
+        )
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self.poller.run(stop))
-                group.create_task(self.dispatcher.run(stop))
+                group.create_task(supervisor.run("poller", lambda: self.poller.run(stop)))
+                group.create_task(supervisor.run("dispatcher", lambda: self.dispatcher.run(stop)))
         finally:
             if self.watcher is not None:
                 await self.watcher.close()

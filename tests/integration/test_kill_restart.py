@@ -25,6 +25,20 @@ KILLS = int(os.environ.get("BRIDGE_SOAK_KILLS", "20"))
 RECORDS = int(os.environ.get("BRIDGE_SOAK_RECORDS", "1000"))  # two events each
 
 
+async def kill_moment(
+    rand: random.Random, sim: Simulator, receiver: CountingReceiver, per_round: int
+) -> None:
+    """A random moment of the run, told by what the bridge has done (polls made, deliveries
+    received), not by the wall clock: a loaded machine only makes the run slower."""
+    if rand.random() < 0.5:  # while scanning: after its n-th list request
+        target = sim.list_requests + rand.randint(1, 4)
+        while sim.list_requests < target:  # noqa: ASYNC110 - another process; real time is shared
+            await asyncio.sleep(0.01)
+    else:  # while delivering: after the receiver has taken n more requests
+        target = receiver.requests + rand.randint(1, 2 * per_round)
+        await receiver.until(lambda: receiver.requests >= target, 120)
+
+
 async def test_repeated_sigkill_loses_nothing(
     aiohttp_server: ServerFactory, tmp_path: Path, secret: str
 ) -> None:
@@ -74,7 +88,7 @@ max_concurrency = 20
     for _ in range(KILLS):
         records += sim.add_records(per_round, status="pending")  # they finish 0.3 s later
         proc = await start_bridge(config)
-        await asyncio.sleep(rand.uniform(0.3, 1.2))  # a random moment of the run to kill at
+        await kill_moment(rand, sim, receiver, per_round)
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
         assert proc.returncode == -signal.SIGKILL
