@@ -116,7 +116,7 @@ async def _serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with Service(settings) as service:
+    async with Service(settings, exclusive=True) as service:
         tune_gc()
         await service.run(stop)
 

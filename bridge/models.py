@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
-
-from bridge.errors import UpstreamProtocolError
 
 PENDING = "pending"
 SUCCESS = "success"
@@ -36,32 +35,93 @@ def event_id(record_id: str, event_type: str) -> str:
     return f"evt_{digest[:32]}"
 
 
+MAX_ID_CHARS = 256
+MAX_STATUS_CHARS = 64
+# what Munsit writes (`2026-11-23T19:00:00.123Z`); creation times are compared as text
+_ISO_TIME = re.compile(
+    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d)?", re.ASCII
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_JSON_KINDS = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+
+
+def _json_kind(value: object) -> str:
+    """The JSON name of a parsed value's type (`object`, `array`, `number`, …)."""
+    return _JSON_KINDS.get(type(value), "number")
+
+
+def id_problem(rid: object) -> str | None:
+    """Why `rid` cannot be a record id, or None."""
+    if not isinstance(rid, str) or not rid:
+        return "field 'id' is missing or not a string"
+    if len(rid) > MAX_ID_CHARS:
+        return f"field 'id' is longer than {MAX_ID_CHARS} characters"
+    if _CONTROL.search(rid):
+        return "field 'id' holds control characters"
+    return None
+
+
+def record_problem(obj: object) -> str | None:
+    """Why `obj` cannot be a record, judging the fields the bridge relies on; None if it can.
+
+    `id` names the record in the store, in event ids and in URLs; `status` is diffed;
+    `created_at` is compared with the baseline mark and the scan's stop rule as text, so it
+    must be a timestamp in Munsit's format, not any string.
+    """
+    if not isinstance(obj, dict):
+        return f"expected a JSON object, got {_json_kind(obj)}"
+    status, created = obj.get("status"), obj.get("created_at")
+    if (problem := id_problem(obj.get("id"))) is not None:
+        return problem
+    if not isinstance(status, str):
+        return "field 'status' is missing or not a string"
+    if len(status) > MAX_STATUS_CHARS:
+        return f"field 'status' is longer than {MAX_STATUS_CHARS} characters"
+    if not isinstance(created, str):
+        return "field 'created_at' is missing or not a string"
+    if not _ISO_TIME.fullmatch(created):
+        return "field 'created_at' is not an ISO 8601 time"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One Munsit denoise record, kept exactly as fetched (unknown fields included)."""
+    """One Munsit denoise record, kept exactly as fetched (unknown fields included); made by
+    `upstream.parse` from what passes `record_problem`."""
 
     id: str
     status: str
     created_at: str
     data: Mapping[str, Any] = field(repr=False, compare=False)
 
-    @classmethod
-    def from_json(cls, obj: object, *, where: str = "record") -> Record:
-        """Validate the few fields the bridge relies on; keep the rest untouched."""
-        if not isinstance(obj, dict):
-            raise UpstreamProtocolError(
-                f"{where}: expected a JSON object, got {type(obj).__name__}"
-            )
-        rid, status, created = obj.get("id"), obj.get("status"), obj.get("created_at")
-        if not isinstance(rid, str) or not rid:
-            raise UpstreamProtocolError(f"{where}: field 'id' is missing or not a string")
-        if not isinstance(status, str):
-            raise UpstreamProtocolError(f"{where} {rid}: field 'status' is missing or not a string")
-        if not isinstance(created, str):
-            raise UpstreamProtocolError(
-                f"{where} {rid}: field 'created_at' is missing or not a string"
-            )
-        return cls(id=rid, status=status, created_at=created, data=obj)
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """An item of a list answer that was skipped: it cannot be stored or delivered as sent."""
+
+    position: int  # in the whole list: the page's offset plus its index in the answer
+    label: str  # its id, printable (escapes for what is not), cut short; "" when it has none
+    record_id: str | None  # its id when that can be stored: the scan counts the record as seen
+    reason: str
+    key: str  # the same for the same record and reason, poll after poll: it is reported once
+
+
+class Page(list[Record]):
+    """The readable records of one list answer, in order. `size` counts every item of the
+    answer, quarantined ones too: the next page starts after them."""
+
+    __slots__ = ("quarantined", "size")
+
+    def __init__(
+        self,
+        records: Iterable[Record] = (),
+        *,
+        size: int | None = None,
+        quarantined: Sequence[Quarantined] = (),
+    ) -> None:
+        super().__init__(records)
+        self.size = len(self) if size is None else size
+        self.quarantined = tuple(quarantined)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,10 +8,14 @@ answer or a command's output.
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-# scheme://authority, then the rest of the URL up to white space, a quote or a bracket
-_URL = re.compile(r"(?i)\b([a-z][a-z0-9+.-]{0,15})://([^\s/?#'\"<>()\[\]]*)([^\s'\"<>()]*)")
+# scheme://authority (an IPv6 literal's brackets included), then the rest of the URL up to
+# white space, a quote or a parenthesis
+_URL = re.compile(r"(?i)\b([a-z][a-z0-9+.-]{0,15})://([^\s/?#'\"<>()]*)([^\s'\"<>()]*)")
+HIDDEN = "<redacted>"
+MIN_SECRET_CHARS = 4  # shorter parts of a URL ("/", "/x") are left in place: they hide nothing
+MIN_SEGMENT_CHARS = 8  # a path segment or query value this long is hidden on its own too
 
 
 def redact_url(url: str) -> str:
@@ -42,9 +46,45 @@ def redact_text(text: str) -> str:
     return _URL.sub(lambda m: _origin(m.group(1), m.group(2)), text)
 
 
+def _secret_parts(url: str) -> list[str]:
+    """The parts of `url` that may hold a credential, as they may appear without it: path and
+    query together and apart, fragment, user-info, long path segments and query values; raw
+    and percent-decoded; longest first."""
+    try:
+        parts = urlsplit(url.strip())
+        found = [
+            parts.path + ("?" + parts.query if parts.query else ""),
+            parts.path,
+            parts.query,
+            parts.fragment,
+            parts.netloc.rpartition("@")[0],
+            parts.username or "",
+            parts.password or "",
+        ]
+    except ValueError:
+        return []
+    pieces = [*parts.path.split("/"), *re.split("[&=;]", parts.query)]
+    found += [piece for piece in pieces if len(piece) >= MIN_SEGMENT_CHARS]
+    found += [unquote(part) for part in found]
+    return sorted({p for p in found if len(p) >= MIN_SECRET_CHARS}, key=len, reverse=True)
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` as `redact_text` makes it, and with the path, query, fragment and user-info of
+    `url` hidden wherever they appear on their own (an answer echoing the request line)."""
+    text = redact_text(text)
+    for part in _secret_parts(url):
+        text = text.replace(part, HIDDEN)
+    return text
+
+
 def describe(exc: BaseException) -> str:
     """An exception as one line of text for logs, stored attempts and answers: its type and
     message, URLs redacted."""
-    message = redact_text(str(exc)).replace("\n", " ").strip()
+    try:
+        message = str(exc)
+    except Exception:  # a hostile or broken __str__ still gives a line
+        message = ""
+    message = " ".join(redact_text(message).split())
     name = type(exc).__name__
     return f"{name}: {message}" if message else name

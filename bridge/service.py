@@ -21,6 +21,7 @@ from bridge.detect.progress import ProgressWatcher
 from bridge.errors import BridgeError, StoreError
 from bridge.metrics import Metrics
 from bridge.models import PROGRESS, DeliveryState
+from bridge.retention import Retention
 from bridge.store.base import Store
 from bridge.store.sqlite import SqliteStore
 from bridge.supervise import Supervisor
@@ -31,8 +32,14 @@ RESULTS = {DeliveryState.DELIVERED: "delivered", DeliveryState.FAILED: "failed"}
 log = structlog.get_logger("bridge.service")
 
 
-def build_store(settings: Settings) -> Store:
-    return SqliteStore(settings.store.sqlite_path())
+def build_store(settings: Settings, *, exclusive: bool = False) -> Store:
+    """The configured store. `exclusive` (for `run`): hold its lock file, so a second
+    process on the same file is refused."""
+    return SqliteStore(
+        settings.store.sqlite_path(),
+        exclusive=exclusive,
+        max_attempts=1 + len(settings.delivery.retry_schedule_s),
+    )
 
 
 class Service:
@@ -47,10 +54,11 @@ class Service:
         rand: Callable[[], float] = random.random,
         on_poll: Callable[[PollResult], None] | None = None,
         on_sent: Callable[[Sent], None] | None = None,
+        exclusive: bool = False,
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.store = store or build_store(settings)
+        self.store = store or build_store(settings, exclusive=exclusive)
         self._rand = rand
         self._on_poll = on_poll
         self._on_sent = on_sent
@@ -61,6 +69,11 @@ class Service:
 
     async def __aenter__(self) -> Service:
         await self.store.open()
+        try:
+            await self._reconcile()
+        except BaseException:
+            await self.store.close()
+            raise
         up = self.settings.upstream
         upstream_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8))
         stream_session = aiohttp.ClientSession(
@@ -86,6 +99,8 @@ class Service:
             rand=self._rand,
             stream_session=stream_session,
             on_response=lambda code: self.metrics.upstream_requests.labels(code).inc(),
+            max_response_bytes=up.max_response_bytes,
+            on_quarantine=lambda count: self.metrics.records_quarantined.inc(count),
         )
         self.dispatcher = Dispatcher(
             self.store,
@@ -118,8 +133,31 @@ class Service:
                 on_finished=lambda _: self.poller.request_scan(),
                 on_event=self._progress_event,
                 rand=self._rand,
+                on_crash=lambda _: self.metrics.component_restarts.labels("progress").inc(),
             )
         return self
+
+    async def _reconcile(self) -> None:
+        """Say when the store is new; orphan the deliveries of subscribers no longer
+        configured, and hand back those of subscribers configured again."""
+        if self.store.created:
+            log.warning(
+                "new store created: the first poll records a baseline",
+                store=str(self.settings.store.sqlite_path()),
+            )
+        configured = [s.id for s in self.settings.subscribers]
+        orphaned, restored = await self.store.reconcile_subscribers(
+            configured, now=self.clock.now()
+        )
+        if orphaned:
+            log.warning(
+                "deliveries of subscribers no longer configured kept as orphaned",
+                deliveries=orphaned,
+            )
+        if restored:
+            log.info(
+                "orphaned deliveries of configured subscribers queued again", deliveries=restored
+            )
 
     def _progress_event(self) -> None:
         self.metrics.events.labels(PROGRESS).inc()
@@ -135,7 +173,9 @@ class Service:
         """Set the gauges read at scrape time (outbox, pending records, subscribers)."""
         m = self.metrics
         with contextlib.suppress(StoreError):  # /readyz reports it; the gauge keeps its value
-            m.outbox_pending.set((await self.store.count_deliveries())[DeliveryState.PENDING])
+            counts = await self.store.count_deliveries()  # counters, not a scan
+            m.outbox_pending.set(counts[DeliveryState.PENDING])
+            m.outbox_orphaned.set(counts[DeliveryState.ORPHANED])
         m.records_pending.set(len(self.poller.pending))
         active = set(self.dispatcher.active)
         for sub in self.settings.subscribers:
@@ -167,10 +207,14 @@ class Service:
             on_restart=lambda name: self.metrics.component_restarts.labels(name).inc(),
             rand=self._rand,
         )
+        retention = Retention(
+            self.store, retention_days=self.settings.store.retention_days, clock=self.clock
+        )
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(supervisor.run("poller", lambda: self.poller.run(stop)))
                 group.create_task(supervisor.run("dispatcher", lambda: self.dispatcher.run(stop)))
+                group.create_task(supervisor.run("retention", lambda: retention.run(stop)))
         finally:
             if self.watcher is not None:
                 await self.watcher.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,12 +10,14 @@ import structlog
 from aiohttp import web
 
 from bridge.admin import views
-from bridge.admin.health import readiness
+from bridge.admin.guard import api_guard
+from bridge.admin.health import poll_error_kind, readiness
 from bridge.admin.openapi import document
 from bridge.deliver.sendtest import send_test
 from bridge.errors import BridgeError, RequestError, StoreError
 from bridge.metrics import CONTENT_TYPE
 from bridge.models import EVENT_TYPES, DeliveryState
+from bridge.redact import redact_text
 from bridge.replay import parse_since, replay
 from bridge.service import Service
 
@@ -30,7 +31,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def create_app(service: Service) -> web.Application:
     """The admin application over a running (entered) `Service`."""
-    app = web.Application(middlewares=[_errors, _auth])
+    app = web.Application(middlewares=[_errors, api_guard(lambda: service.settings.admin)])
     app[SERVICE] = service
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -60,8 +61,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except RequestError as exc:
         return error(400, str(exc))
     except StoreError as exc:
-        log.error("admin request failed: store", path=request.path, error=str(exc))
-        return error(503, f"store unavailable: {exc}")
+        message = redact_text(str(exc))
+        log.error("admin request failed: store", path=request.path, error=message)
+        return error(503, f"store unavailable: {message}")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -69,26 +71,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if "Allow" in exc.headers:  # 405 lists the methods the route supports
             response.headers["Allow"] = exc.headers["Allow"]
         return response
-    except Exception as exc:  # a bug: still JSON, logged, and no details leaked
-        log.error("admin request crashed", path=request.path, error=repr(exc))
+    except Exception:  # a bug: still JSON, logged with its traceback, no details leaked
+        log.exception("admin request crashed", path=request.path)
         return error(500, "internal error (logged)")
-
-
-@web.middleware
-async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bearer token on `/api/*` when `admin.token` is set, compared in constant time."""
-    token = request.app[SERVICE].settings.admin.token
-    if token is not None and request.path.startswith("/api"):
-        scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
-        # bytes that are not UTF-8 arrive as lone surrogates: compare them as they came
-        given = offered.encode("utf-8", "surrogateescape")
-        expected = token.get_secret_value().encode()
-        # the scheme is case-insensitive (RFC 9110); the token is compared in constant time
-        if not (hmac.compare_digest(given, expected) and scheme.lower() == "bearer"):
-            response = error(401, "missing or wrong bearer token (Authorization: Bearer …)")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="munsit-bridge"'
-            return response
-    return await handler(request)
 
 
 # --- health and metrics ---------------------------------------------------------------
@@ -104,15 +89,16 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await service.store.ping()
     except BridgeError as exc:
-        store_error = str(exc)
+        store_error = redact_text(str(exc))
     poller = service.poller
     reasons = readiness(
         now=service.clock.now(),
         store_error=store_error,
         auth_failed=poller.auth_failed,
         last_success_at=poller.last_success_at,
-        last_error=poller.last_error,
+        last_error_kind=poll_error_kind(poller.last_error),
         interval_s=poller.base_interval_s(),
+        failing=service.failing,
     )
     body = {
         "ready": not reasons,
@@ -282,6 +268,11 @@ async def retry_delivery(request: web.Request) -> web.Response:
         raise web.HTTPConflict(
             text=f"delivery {delivery_id} was delivered; use POST /api/replay to send its "
             "event again"
+        )
+    if was is DeliveryState.ORPHANED:
+        raise web.HTTPConflict(
+            text=f"delivery {delivery_id} is orphaned: its subscriber is no longer configured "
+            "(add the subscriber back to send it)"
         )
     service.dispatcher.wake()
     found = await service.store.get_delivery(delivery_id)

@@ -19,11 +19,20 @@ def _errors(*codes: int) -> dict[str, Any]:
     words = {
         400: "bad parameter",
         401: "missing or wrong bearer token",
+        403: "a foreign Origin, or (without a token) a Host that is not loopback nor in"
+        " admin.allowed_hosts",
         404: "unknown id",
         409: "conflicts with the current state",
+        413: "body larger than 1 MiB",
+        415: "a body that is not application/json",
         503: "store unavailable",
     }
-    return {str(c): _json(_ERROR, words[c]) for c in (*codes, 401, 503)}
+    return {str(c): _json(_ERROR, words[c]) for c in sorted({*codes, 401, 403, 503})}
+
+
+def _post_errors(*codes: int) -> dict[str, Any]:
+    """A POST's errors: those of every route, and its body's (413, 415)."""
+    return _errors(*codes, 413, 415)
 
 
 def _id_param(description: str, pattern: str | None = None) -> dict[str, Any]:
@@ -65,7 +74,10 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["id", "url", "format", "events", "state", "enabled", "deliveries"],
         "properties": {
             "id": {"type": "string"},
-            "url": {"type": "string", "description": "scheme and host; the path is hidden"},
+            "url": {
+                "type": "string",
+                "description": "scheme, host and port; path, query and user-info are hidden",
+            },
             "format": {"enum": ["standard", "zapier", "slack", "discord", "teams"]},
             "events": {"type": "array", "items": {"type": "string"}},
             "state": {"enum": ["active", "paused", "disabled"]},
@@ -142,7 +154,7 @@ def _subscriber_action(summary: str) -> dict[str, Any]:
             "parameters": [_id_param("subscriber id")],
             "responses": {
                 "200": _json({"$ref": "#/components/schemas/Subscriber"}, "the subscriber now"),
-                **_errors(404, 409),
+                **_post_errors(404, 409),
             },
         }
     }
@@ -156,7 +168,12 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "munsit-bridge admin API",
             "version": __version__,
-            "description": "Operate the bridge: subscribers, events, deliveries, replay.",
+            "description": "Operate the bridge: subscribers, events, deliveries, replay. "
+            "A request carrying an `Origin` other than the server's own is refused (403). "
+            "Without `admin.token`, only a loopback `Host` (localhost, 127.0.0.0/8, [::1]) or "
+            "one in `admin.allowed_hosts` is answered (403 otherwise). Request bodies are "
+            "`application/json` only (415 otherwise); a POST that needs no body may be sent "
+            "without one and without a `Content-Type`.",
         },
         "components": {
             "schemas": _SCHEMAS,
@@ -199,7 +216,7 @@ def document() -> dict[str, Any]:
                         "200": _json(
                             {"$ref": "#/components/schemas/TestResult"}, "the attempt's outcome"
                         ),
-                        **_errors(404),
+                        **_post_errors(404),
                     },
                 }
             },
@@ -251,7 +268,7 @@ def document() -> dict[str, Any]:
                             "name": "before",
                             "in": "query",
                             "description": "a delivery id: the deliveries older than it",
-                            "schema": {"type": "integer", "minimum": 1},
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
                         },
                     ],
                     "responses": {
@@ -299,7 +316,7 @@ def document() -> dict[str, Any]:
                             },
                             "the delivery, due now",
                         ),
-                        **_errors(400, 404, 409),
+                        **_post_errors(400, 404, 409),
                     },
                 }
             },
@@ -335,7 +352,7 @@ def document() -> dict[str, Any]:
                             },
                             "how many events matched and deliveries were enqueued",
                         ),
-                        **_errors(400, 404),
+                        **_post_errors(400, 404),
                     },
                 }
             },

@@ -1,13 +1,16 @@
-"""JSON shapes of the admin API: pure functions of the stored objects."""
+"""JSON shapes of the admin API: pure functions of the stored objects. No secret goes out:
+URLs show scheme, host and port, and stored error texts are redacted again on the way out
+(rows written before redaction may hold whole URLs)."""
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from bridge.config import SubscriberConfig
 from bridge.deliver.formats import standard_body
+from bridge.deliver.sender import EXCERPT_BYTES
 from bridge.models import Attempt, DeliveryState, DeliveryView, Event, iso_utc
+from bridge.redact import redact_text, redact_url
 from bridge.store.base import SubscriberHealth
 
 
@@ -15,11 +18,8 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else iso_utc(ts)
 
 
-def redact_url(url: str) -> str:
-    """Scheme and host only: chat and automation webhook URLs carry their token in the path."""
-    parts = urlsplit(url)
-    rest = "/…" if (parts.path not in ("", "/") or parts.query) else parts.path
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{rest}"
+def _redacted(text: str | None) -> str | None:
+    return None if text is None else redact_text(text)
 
 
 def subscriber_state(sub: SubscriberConfig, health: SubscriberHealth) -> str:
@@ -40,7 +40,7 @@ def subscriber(
         "state": state,
         "enabled": state == "active",
         "disabled_at": iso(health.disabled_at),
-        "disabled_reason": health.reason,
+        "disabled_reason": _redacted(health.reason),
         "failing_since": iso(health.failing_since),
         "max_concurrency": sub.max_concurrency,
         "rate_limit_per_s": sub.rate_per_s,
@@ -57,8 +57,9 @@ def attempt(att: Attempt) -> dict[str, Any]:
         "attempted_at": iso_utc(att.attempted_at),
         "status_code": att.status_code,
         "latency_ms": round(att.latency_ms, 1),
-        "error": att.error,
-        "response_excerpt": att.response_excerpt,
+        "error": _redacted(att.error),
+        # redaction may lengthen a bare `http://`; the excerpt stays within its 4 KiB
+        "response_excerpt": redact_text(att.response_excerpt)[:EXCERPT_BYTES],
     }
 
 

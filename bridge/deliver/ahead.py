@@ -13,6 +13,7 @@ import structlog
 from bridge.deliver.lanes import Lane
 from bridge.errors import StoreError
 from bridge.models import Delivery
+from bridge.redact import describe
 from bridge.store.base import Store
 
 log = structlog.get_logger("bridge.deliver")
@@ -147,7 +148,10 @@ class Ahead:
                     self._dry.update(short)
                     self.due_at = now + IDLE_WAIT_S if due is None else max(now, due)
         except Exception as exc:  # a store error, or anything unforeseen: try again later
-            log.error("cannot claim deliveries, will try again", error=str(exc) or repr(exc))
+            unforeseen = not isinstance(exc, StoreError)  # a bug: its traceback helps
+            log.error(
+                "cannot claim deliveries, will try again", error=describe(exc), exc_info=unforeseen
+            )
             self._dry.update(sid for sid, _ in rooms)
             retry_at = now + STORE_RETRY_S
             self.due_at = retry_at if self.due_at is None else min(self.due_at, retry_at)
@@ -160,7 +164,7 @@ class Ahead:
             try:
                 await self._store.release(delivery, now=self._now())
             except StoreError as exc:  # the lease runs out on its own
-                log.warning("cannot hand a delivery back", error=str(exc))
+                log.warning("cannot hand a delivery back", error=describe(exc))
         self._on_ready()
 
     async def settle(self) -> None:
@@ -179,6 +183,6 @@ class Ahead:
                 try:
                     await self._store.release(delivery, now=now)
                 except StoreError as exc:  # their leases run out on their own
-                    log.warning("cannot hand deliveries back", error=str(exc))
+                    log.warning("cannot hand deliveries back", error=describe(exc))
                     self._queued_ids.difference_update(d.id for d, _ in queue)
                     queue.clear()  # this lane's others too; the next lane may fare better

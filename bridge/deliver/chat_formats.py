@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from bridge.models import COMPLETED, CREATED, FAILED_EVENT, PROGRESS, TEST, Event, iso_utc
@@ -36,15 +37,29 @@ def title(event: Event) -> str:
     return f"{base} {pct}%" if event.type == PROGRESS and isinstance(pct, int) else base
 
 
-def duration(seconds: object) -> str:
-    if not isinstance(seconds, int | float):
+def _finite(value: object) -> float | None:
+    """A record's number as a finite float; None when missing, of another type, NaN, infinite
+    or beyond any float (upstream data is not trusted to be sensible)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def duration(value: object) -> str:
+    seconds = _finite(value)
+    if seconds is None:
         return "—"
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes}:{secs:02d}" if minutes else f"{seconds:.1f} s"
 
 
-def size(n: object) -> str:
-    if not isinstance(n, int | float):
+def size(value: object) -> str:
+    n = _finite(value)
+    if n is None:
         return "—"
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":

@@ -6,6 +6,7 @@ import asyncio
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import aiohttp
 import structlog
@@ -16,9 +17,11 @@ from bridge.deliver import policy
 from bridge.deliver.ahead import Ahead
 from bridge.deliver.formats import render
 from bridge.deliver.lanes import Lane, TokenBucket
+from bridge.deliver.persist import retried
 from bridge.deliver.sender import post
 from bridge.deliver.signing import Signer
 from bridge.models import Attempt, Delivery, DeliveryState
+from bridge.redact import describe
 from bridge.store.base import Store, SubscriberHealth
 
 log = structlog.get_logger("bridge.deliver")
@@ -259,8 +262,8 @@ class Dispatcher:
         self._inflight.discard(task)
         self._ahead.refresh()  # a recorded attempt may let the record's next event go
         self._wake.set()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("delivery task crashed", error=repr(task.exception()))
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("delivery task crashed", exc_info=exc)
 
     async def _finish_inflight(self) -> None:
         """Every request in flight ends by its own `timeout_s`; the slack lets its outcome be
@@ -278,10 +281,30 @@ class Dispatcher:
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def _deliver(self, delivery: Delivery, sent: Callable[[], None]) -> None:
+        """One attempt, whatever goes wrong in it (rendering, signing, posting, reading the
+        answer: a failed attempt with its error), recorded against the retry schedule."""
         sub = self._subs[delivery.subscriber_id]
-        body = render(delivery.event, sub.format)
         attempt_no = delivery.attempts + 1
-        attempt, retry_after_s = await self._post(sub, delivery.event.id, body)
+        fields: dict[str, object] = {
+            "event_id": delivery.event.id,
+            "event_type": delivery.event.type,
+            "subscriber": sub.id,
+            "attempt": attempt_no,
+        }
+        if sub.id not in self._active:  # disabled (a 410, say) since its lane started it
+            release = partial(self._store.release, delivery, now=self._clock.now())
+            await retried(self._clock, release, what="hand a delivery back", **fields)
+            return
+        health_changed = False
+        try:
+            body = render(delivery.event, sub.format)
+        except Exception as exc:
+            log.error("cannot render the request body", exc_info=True, **fields)
+            attempt = Attempt(self._clock.now(), None, 0.0, f"cannot render: {describe(exc)}", "")
+            retry_after_s = None  # nothing reached the endpoint: its health is unchanged
+        else:
+            attempt, retry_after_s = await self._post(sub, delivery.event.id, body)
+            health_changed = self._note_answer(sub.id, attempt)  # before the lane goes on
         sent()
         outcome = policy.decide(
             attempt.status_code,
@@ -292,17 +315,22 @@ class Dispatcher:
             rand=self._rand,
             retry_after_s=retry_after_s,
         )
-        kept = await self._store.finish_attempt(delivery, attempt, outcome)
-        if kept:
-            await self._track_health(sub.id, attempt)
-        fields = {
-            "event_id": delivery.event.id,
-            "event_type": delivery.event.type,
-            "subscriber": sub.id,
-            "attempt": attempt_no,
-            "status_code": attempt.status_code,
-            "latency_ms": round(attempt.latency_ms, 1),
-        }
+        fields |= {"status_code": attempt.status_code, "latency_ms": round(attempt.latency_ms, 1)}
+        kept = await retried(
+            self._clock,
+            lambda: self._store.finish_attempt(delivery, attempt, outcome),
+            what="record an attempt (its lease running out gives the delivery out again)",
+            **fields,
+        )
+        if health_changed:  # the latest state in memory, whichever answer changed it
+            await retried(
+                self._clock,
+                lambda: self._store.set_subscriber_health(sub.id, self.health(sub.id)),
+                what="store a subscriber's health",
+                subscriber=sub.id,
+            )
+        if kept is None:
+            return
         if not kept:
             log.warning("delivery lease lost before the attempt was recorded", **fields)
         elif outcome.state is DeliveryState.DELIVERED:
@@ -320,29 +348,23 @@ class Dispatcher:
         if self._on_sent is not None and kept:
             self._on_sent(Sent(delivery, attempt, outcome.state))
 
-    async def _track_health(self, subscriber_id: str, attempt: Attempt) -> None:
-        """Remember continuous failure; disable on 410 or after `disable_after_s` of it."""
-        health = self._health.get(subscriber_id, SubscriberHealth())
-        now = attempt.attempted_at
-        success = policy.is_success(attempt.status_code)
-        if success and health.failing_since is None:
-            return  # the usual case: nothing to change
-        if success:
-            updated = replace(health, failing_since=None)
-        else:
-            since = health.failing_since if health.failing_since is not None else now
-            reason = policy.disable_reason(
-                attempt.status_code, failing_for_s=now - since, limit_s=self._config.disable_after_s
-            )
-            updated = replace(health, failing_since=since)
-            if reason is not None and health.disabled_at is None:
-                updated = replace(updated, disabled_at=now, reason=reason)
-                if subscriber_id in self._active:
-                    self._active.remove(subscriber_id)
-                log.error("subscriber disabled", subscriber=subscriber_id, reason=reason)
-        if updated != health:
-            self._health[subscriber_id] = updated
-            await self._store.set_subscriber_health(subscriber_id, updated)
+    def _note_answer(self, subscriber_id: str, attempt: Attempt) -> bool:
+        """What an answer says of the endpoint, applied in memory at once, so a 410 disables
+        it before its lane starts another request. True when there is a change to store."""
+        health = self.health(subscriber_id)
+        updated = policy.health_after(
+            health,
+            attempt.status_code,
+            now=attempt.attempted_at,
+            limit_s=self._config.disable_after_s,
+        )
+        if updated == health:
+            return False  # the usual case: a success of a healthy endpoint
+        self._health[subscriber_id] = updated
+        if updated.disabled_at is not None and health.disabled_at is None:
+            self._refresh_active()
+            log.error("subscriber disabled", subscriber=subscriber_id, reason=updated.reason)
+        return True
 
     async def _post(
         self, sub: SubscriberConfig, msg_id: str, body: str

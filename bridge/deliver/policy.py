@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from bridge.models import DeliveryState
-from bridge.store.base import AttemptOutcome
+from bridge.store.base import AttemptOutcome, SubscriberHealth
 
 MAX_RETRY_AFTER_S = 3600.0
 
@@ -24,6 +25,21 @@ def disable_reason(status_code: int | None, *, failing_for_s: float, limit_s: fl
     if failing_for_s >= limit_s:
         return f"failing continuously for {failing_for_s:.0f} s (delivery.disable_after_s)"
     return None
+
+
+def health_after(
+    health: SubscriberHealth, status_code: int | None, *, now: float, limit_s: float
+) -> SubscriberHealth:
+    """An endpoint's health once an attempt made at `now` got `status_code`: a success ends
+    its failure run, a failure starts or extends one and may disable it (`disable_reason`)."""
+    if is_success(status_code):
+        return health if health.failing_since is None else replace(health, failing_since=None)
+    since = health.failing_since if health.failing_since is not None else now
+    updated = replace(health, failing_since=since)
+    reason = disable_reason(status_code, failing_for_s=now - since, limit_s=limit_s)
+    if reason is not None and health.disabled_at is None:
+        updated = replace(updated, disabled_at=now, reason=reason)
+    return updated
 
 
 def retry_delay_s(

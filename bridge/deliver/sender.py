@@ -1,19 +1,27 @@
-"""One signed POST to a subscriber, reported as an `Attempt` whatever happens."""
+"""One signed POST to a subscriber, reported as an `Attempt` whatever happens: any exception
+while signing, posting or reading the answer is a failed attempt with its error text, in
+which the subscriber URL shows its scheme, host and port only."""
 
 from __future__ import annotations
 
 import time
+import traceback
 from functools import cache
 
 import aiohttp
+import structlog
 
 from bridge.config import SubscriberConfig
 from bridge.deliver.signing import USER_AGENT, Signer
 from bridge.models import Attempt
+from bridge.redact import describe, scrub
 from bridge.retry_after import body_retry_after, parse_retry_after
+
+log = structlog.get_logger("bridge.deliver")
 
 EXCERPT_BYTES = 4096
 DRAIN_BYTES = 1 << 20  # read no more of an answer than this
+ERROR_CHARS = 1000  # of an attempt's error text (a garbled answer's bytes may be quoted in it)
 
 
 @cache
@@ -48,13 +56,6 @@ async def post(
 ) -> tuple[Attempt, float | None]:
     """One attempt (a fresh `webhook-timestamp`, never following redirects), and the
     `Retry-After` it was answered with, in seconds, if any."""
-    timestamp = int(now)
-    headers = {
-        **sub.headers,
-        "content-type": "application/json",
-        "user-agent": USER_AGENT,
-        **signer.headers(msg_id, timestamp, body),
-    }
     started = time.perf_counter()
     status: int | None = None
     excerpt = b""
@@ -62,6 +63,12 @@ async def post(
     retry_after_s: float | None = None
     answered: int | None = None
     try:
+        headers = {
+            **sub.headers,
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            **signer.headers(msg_id, int(now), body),
+        }
         async with session.post(
             sub.url,
             data=body.encode(),
@@ -83,15 +90,25 @@ async def post(
         error = f"timed out after {timeout_s} s"
     except aiohttp.ClientConnectorError as exc:
         error = f"cannot connect to {exc.host}:{exc.port}: {exc.os_error}"
+    except aiohttp.ClientResponseError as exc:  # raised only by the parser: bytes not HTTP
+        error = "invalid HTTP answer: " + " ".join(exc.message.split())
     except aiohttp.ClientError as exc:
-        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        error = describe(exc)
+    except Exception as exc:  # anything unforeseen is a failed attempt, never a lost one
+        trace = "".join(traceback.format_exception(exc))
+        log.warning(
+            "unexpected error in a delivery attempt",
+            subscriber=sub.id,
+            exception=scrub(trace, sub.url),  # the traceback, this URL's secret parts hidden
+        )
+        error = describe(exc)
     if status is None and answered is not None and not 200 <= answered < 300:
         status = answered  # a refusal counts even when its body did not arrive whole
     attempt = Attempt(
         attempted_at=now,
         status_code=status,
         latency_ms=(time.perf_counter() - started) * 1000,
-        error=error,
+        error=None if error is None else scrub(error, sub.url)[:ERROR_CHARS],
         response_excerpt=excerpt.decode("utf-8", "ignore"),
     )
     return attempt, retry_after_s

@@ -13,6 +13,7 @@ from bridge.deliver.guard import guarded_socket_factory
 from bridge.deliver.sender import post
 from bridge.deliver.signing import Signer
 from bridge.models import TEST, Attempt, Event
+from bridge.redact import describe
 
 
 def sample_event(now: float) -> Event:
@@ -39,20 +40,19 @@ def sample_event(now: float) -> Event:
 
 
 async def send_test(sub: SubscriberConfig, delivery: DeliveryConfig) -> Attempt:
-    """Send one test event now, through the same guard and signing as real deliveries."""
+    """Send one test event now, through the same guard and signing (every current and previous
+    secret) as real deliveries; what went wrong is the attempt's error, URLs redacted."""
     now = time.time()
     event = sample_event(now)
+    try:
+        body = render(event, sub.format)
+    except Exception as exc:
+        return Attempt(now, None, 0.0, f"cannot render: {describe(exc)}", "")
     signer = Signer([sub.secret, *sub.previous_secrets] if sub.secret else [])
     factory = None if delivery.allow_private_destinations else guarded_socket_factory()
     connector = aiohttp.TCPConnector(socket_factory=factory)
     async with aiohttp.ClientSession(connector=connector) as session:
         attempt, _ = await post(
-            session,
-            sub,
-            signer,
-            event.id,
-            render(event, sub.format),
-            now=now,
-            timeout_s=delivery.timeout_s,
+            session, sub, signer, event.id, body, now=now, timeout_s=delivery.timeout_s
         )
     return attempt

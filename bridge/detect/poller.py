@@ -34,6 +34,7 @@ T = TypeVar("T")
 JITTER = 0.1
 DEBOUNCE_S = 0.25
 MAX_BACKOFF_S = 300.0
+MAX_BACKOFF_DOUBLINGS = 16  # 2**16 poll intervals is past MAX_BACKOFF_S for any interval
 MAX_RETRY_AFTER_S = 3600.0
 GONE_LOGGED = 20
 
@@ -58,6 +59,12 @@ def announcer(mark: str, ties: Sequence[str], *, backfill: bool) -> Callable[[Re
         return lambda _: True
     baseline_ties = frozenset(ties)
     return lambda r: r.created_at > mark or (r.created_at == mark and r.id not in baseline_ties)
+
+
+def failure_backoff_s(failures: int, interval_s: float) -> float:
+    """The wait after `failures` failed polls in a row: the interval doubled each time,
+    capped at `MAX_BACKOFF_S` (the exponent too, so any count of failures is a number)."""
+    return min(MAX_BACKOFF_S, interval_s * 2.0 ** min(failures, MAX_BACKOFF_DOUBLINGS))
 
 
 class Poller:
@@ -145,7 +152,7 @@ class Poller:
                 states=[c.state for c in changes],
                 events=[(e, route(e.type, self._subscribers)) for e in events],
                 now=now,
-                seen=[r.id for r in result.rows],
+                seen=[r.id for r in result.rows] + result.skipped,
                 removed=result.vanished,
                 forget_unseen_before=finished.started_at if finished else None,
                 meta=meta,
@@ -205,19 +212,26 @@ class Poller:
             self._on_failure("auth_failed")
             self.last_error, self.auth_failed = str(exc), True
             log.error(
-                "poll failed: API key rejected; not ready until it works again", error=str(exc)
+                "poll failed: API key rejected; not ready until it works again",
+                error=str(exc),
+                exc_info=exc,
             )
             return self.interval_s()
-        except UpstreamUnavailable as exc:
+        except UpstreamError as exc:  # unavailable, or an answer the bridge cannot read
             self._on_failure("error")
             self._failures += 1
             self.last_error = str(exc)
-            backoff = min(MAX_BACKOFF_S, self._upstream.poll_interval_s * 2**self._failures)
+            backoff = failure_backoff_s(self._failures, self._upstream.poll_interval_s)
             retry_after = min(exc.retry_after_s or 0.0, MAX_RETRY_AFTER_S)
-            delay = max(self.interval_s(), backoff, retry_after)
-            log.warning("poll failed, backing off", error=str(exc), retry_in_s=round(delay, 1))
-            return float(delay)
-        except (UpstreamError, StoreError) as exc:
+            delay = float(max(self.interval_s(), backoff, retry_after))
+            message = (
+                "poll failed, backing off"
+                if isinstance(exc, UpstreamUnavailable)
+                else "poll failed, will try again"
+            )
+            log.warning(message, error=str(exc), retry_in_s=round(delay, 1))
+            return delay
+        except StoreError as exc:
             self._on_failure("error")
             self.last_error = str(exc)
             log.warning("poll failed, will try again", error=str(exc))

@@ -1,12 +1,18 @@
 """Progress streams: hold `GET /denoise/{id}/progress` open for pending records, so a finished
 job triggers a scan at once and `processing` messages become throttled `denoise.progress`
-events. An accelerator only: polling alone stays correct without it."""
+events. An accelerator only: polling alone stays correct without it.
+
+A stream that ends without a terminal message (closed, dropped, refused, unreadable) is
+reopened after a wait that doubles from 1 s up to a minute, stretched by up to half again at
+random; it starts over only after a stream that stayed open that long.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import hashlib
+import math
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +31,9 @@ log = structlog.get_logger("bridge.progress")
 
 MIN_STEP_PCT = 10
 MIN_GAP_S = 5.0
+FIRST_REOPEN_S = 1.0
 MAX_BACKOFF_S = 60.0
+REOPEN_JITTER = 0.5  # each wait is stretched by up to this fraction, at random
 
 
 class ProgressSource(Protocol):
@@ -51,6 +59,22 @@ def should_emit(last: _Last | None, pct: int, now: float) -> bool:
     return pct >= last.pct + MIN_STEP_PCT or (pct > last.pct and now - last.at >= MIN_GAP_S)
 
 
+def reopen_delay_s(ends: int, rand: float) -> float:
+    """The wait before reopening a stream after `ends` (≥ 1) unfinished streams in a row:
+    1 s, 2 s, 4 s … capped at `MAX_BACKOFF_S`, times 1 to 1.5 (`rand` in [0, 1))."""
+    doublings = min(max(ends, 1) - 1, 16)
+    return min(MAX_BACKOFF_S, FIRST_REOPEN_S * 2.0**doublings) * (1 + REOPEN_JITTER * rand)
+
+
+def percentage(value: object) -> int | None:
+    """A progress message's `pct` as a whole percentage, or None when it is not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return int(value) if 0 <= value <= 100 else None
+
+
 class ProgressWatcher:
     """Keeps at most `max_streams` streams open, for the newest pending records."""
 
@@ -65,7 +89,9 @@ class ProgressWatcher:
         on_finished: Callable[[str], None],
         on_event: Callable[[], None],
         rand: Callable[[], float] = random.random,
+        on_crash: Callable[[str], None] = lambda _record_id: None,
     ) -> None:
+        self._on_crash = on_crash  # a stream that crashed is opened again at the next poll
         self._source = source
         self._store = store
         self._subscribers = list(subscribers)
@@ -103,8 +129,9 @@ class ProgressWatcher:
     def _done(self, record_id: str, task: asyncio.Task[None]) -> None:
         if self._tasks.get(record_id) is task:
             del self._tasks[record_id]
-        if not task.cancelled() and task.exception() is not None:
-            log.error("progress stream crashed", record_id=record_id, error=repr(task.exception()))
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("progress stream crashed", record_id=record_id, exc_info=exc)
+            self._on_crash(record_id)
 
     async def close(self) -> None:
         tasks = list(self._tasks.values())
@@ -114,18 +141,21 @@ class ProgressWatcher:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _watch(self, record_id: str) -> None:
-        failures = 0
+        ends = 0  # streams in a row that ended without a terminal message
         while True:
+            opened = self._clock.monotonic()
             try:
                 async for message in self._source.progress(record_id):
-                    failures = 0
                     stage = message.get("stage")
                     if stage in ("done", "error"):
                         log.info("progress stream reports the job finished", record_id=record_id)
+                        # not reopened while the list still says pending: polls take it on
+                        self._gave_up.add(record_id)
                         self._on_finished(record_id)
                         return
                     if stage == "processing":
                         await self._progress(record_id, message)
+                log.debug("progress stream closed", record_id=record_id)
             except UpstreamNotFound:
                 self._gave_up.add(record_id)
                 log.info("no progress stream for this record (404)", record_id=record_id)
@@ -133,25 +163,28 @@ class ProgressWatcher:
             except UpstreamAuthError:
                 return  # the poller reports the rejected key
             except UpstreamError as exc:
-                failures += 1
                 log.debug("progress stream dropped", record_id=record_id, error=str(exc))
-            delay = min(MAX_BACKOFF_S, 2.0 ** min(failures, 10)) * (0.5 + self._rand() / 2)
-            await self._clock.sleep(delay)
+            lasted_s = self._clock.monotonic() - opened
+            ends = 1 if lasted_s >= MAX_BACKOFF_S else ends + 1
+            await self._clock.sleep(reopen_delay_s(ends, self._rand()))
 
     async def _progress(self, record_id: str, message: dict[str, Any]) -> None:
-        pct = message.get("pct")
-        if not self._wants_progress or not isinstance(pct, int | float):
+        pct = percentage(message.get("pct"))
+        if not self._wants_progress or pct is None:
             return
         now = self._clock.now()
-        if not should_emit(self._last.get(record_id), int(pct), now):
+        if not should_emit(self._last.get(record_id), pct, now):
             return
-        self._last[record_id] = _Last(int(pct), now)
-        data = {"id": record_id, "status": PENDING, "stage": "processing", "pct": int(pct)}
+        self._last[record_id] = _Last(pct, now)
+        data: dict[str, Any] = {
+            "id": record_id,
+            "status": PENDING,
+            "stage": "processing",
+            "pct": pct,
+        }
         if isinstance(message.get("message"), str):
             data["message"] = message["message"]
-        event = Event(
-            progress_event_id(record_id, int(pct)), PROGRESS, record_id, now, PENDING, data
-        )
+        event = Event(progress_event_id(record_id, pct), PROGRESS, record_id, now, PENDING, data)
         await self._store.commit_scan(
             ScanCommit(states=[], events=[(event, route(PROGRESS, self._subscribers))], now=now)
         )

@@ -1,5 +1,9 @@
 """One scan of the Munsit list: page from the top until the stop rule says enough, then carry
 on with an unfinished sweep (a baseline, a runaway scan or a reconciliation) within a page budget.
+
+A page may come with quarantined records (`models.Page`): they count for its length (offsets,
+the end of the list) and, when their id is readable, as seen: a known record that is
+quarantined is reached, and a pending one is passed, not taken for gone.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
-from bridge.models import Record, RecordState
+from bridge.models import Page, Record, RecordState
 from bridge.store.base import Store
 
 REALIGN_TRIES = 3
@@ -38,8 +42,14 @@ class StopRule:
         if self.pending:
             self.oldest_pending_created = min(s.created_at for s in self.pending.values())
 
-    def observe(self, page: Sequence[Record], known_ids: set[str]) -> None:
-        """Account for one fetched page (`known_ids`: those rows known before this scan)."""
+    def observe(
+        self, page: Sequence[Record], known_ids: set[str], skipped: Sequence[str] = ()
+    ) -> None:
+        """Account for one fetched page (`known_ids`: those rows known before this scan;
+        `skipped`: ids of its quarantined records, present though unread)."""
+        for record_id in skipped:
+            self.reached_known |= record_id in known_ids
+            self._pending_left.discard(record_id)
         for record in page:
             if record.id in known_ids:
                 self.reached_known = True
@@ -99,6 +109,15 @@ class ScanResult:
     sweep: Sweep | None  # what to persist: None when no sweep is left unfinished
     finished_sweep: Sweep | None  # a sweep that reached the end of the list in this scan
     truncated: bool  # the page budget stopped the scan before its rule was satisfied
+    skipped: list[str] = field(default_factory=list)  # ids of quarantined records, seen too
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    records: Sequence[Record]
+    size: int  # items in the answer, quarantined ones included
+    known: set[str]  # ids in it (readable ones of quarantined records too) known before
+    skipped: list[str]  # readable ids of its quarantined records
 
 
 class _Pager:
@@ -111,20 +130,30 @@ class _Pager:
         self.pages = 0
         self.rows: dict[str, Record] = {}
         self.previous: dict[str, RecordState] = {}
+        self.skipped: dict[str, bool] = {}  # quarantined id -> known before this scan
 
     @property
     def exhausted(self) -> bool:
         return self.pages >= self.budget
 
-    async def fetch(self, offset: int) -> tuple[list[Record], set[str]]:
-        """One page and the ids in it that were known before this scan."""
+    async def fetch(self, offset: int) -> _Fetched:
+        """One page, its length and the ids in it that were known before this scan."""
         page = await self.client.list_page(offset, self.page_size)
         self.pages += 1
+        size, skipped = len(page), []
+        if isinstance(page, Page):
+            size = page.size
+            skipped = [q.record_id for q in page.quarantined if q.record_id is not None]
         fresh = [r.id for r in page if r.id not in self.rows]
-        self.previous.update(await self.store.known_states(fresh))
+        unread = [rid for rid in skipped if rid not in self.skipped]
+        found = await self.store.known_states(fresh + unread)
+        self.previous.update((rid, found[rid]) for rid in fresh if rid in found)
+        self.skipped.update((rid, rid in found) for rid in unread)
         for record in page:
             self.rows[record.id] = record
-        return page, {r.id for r in page if r.id in self.previous}
+        known = {r.id for r in page if r.id in self.previous}
+        known.update(rid for rid in skipped if self.skipped[rid])
+        return _Fetched(page, size, known, skipped)
 
 
 async def scan(
@@ -156,12 +185,12 @@ async def scan(
         if pager.pages >= top_budget:
             truncated = True
             break
-        page, known = await pager.fetch(offset)
-        rule.observe(page, known)
-        offset += len(page)
-        last = page[-1] if page else last
-        if rule.done(len(page), page_size):
-            at_end = len(page) < page_size
+        got = await pager.fetch(offset)
+        rule.observe(got.records, got.known, got.skipped)
+        offset += got.size
+        last = got.records[-1] if got.records else last
+        if rule.done(got.size, page_size):
+            at_end = got.size < page_size
             break
 
     finished: Sweep | None = None
@@ -193,6 +222,7 @@ async def scan(
         sweep=sweep,
         finished_sweep=finished,
         truncated=truncated,
+        skipped=list(pager.skipped),
     )
 
 
@@ -211,22 +241,23 @@ async def _advance(
     for attempt in range(REALIGN_TRIES if realign else 0):
         if pager.exhausted:  # keep the re-alignment done so far for the next scan
             return replace(sweep, offset=offset + 1), None
-        page, _ = await pager.fetch(offset)
+        got = await pager.fetch(offset)
+        page = got.records
         aligned = bool(page) and (page[0].id == last_id or page[0].created_at > last_created)
         if aligned or offset == 0 or attempt == REALIGN_TRIES - 1:
-            offset += len(page)
+            offset += got.size
             if page:
                 last_id, last_created = page[-1].id, page[-1].created_at
-            if len(page) < pager.page_size:
+            if got.size < pager.page_size:
                 return None, sweep
             break
         offset = max(0, offset - pager.page_size)
     while not pager.exhausted:
-        page, _ = await pager.fetch(offset)
-        offset += len(page)
-        if page:
-            last_id, last_created = page[-1].id, page[-1].created_at
-        if len(page) < pager.page_size:
+        got = await pager.fetch(offset)
+        offset += got.size
+        if got.records:
+            last_id, last_created = got.records[-1].id, got.records[-1].created_at
+        if got.size < pager.page_size:
             return None, sweep
     return replace(sweep, offset=offset, last_id=last_id, last_created=last_created), None
 

@@ -68,6 +68,8 @@ class AttemptOutcome:
 class Store(Protocol):
     """Durable state: record states, events, the delivery outbox and attempt history."""
 
+    created: bool  # after `open()`: the store was new (the first poll records a baseline)
+
     async def open(self) -> None:
         """Connect and create or migrate the schema."""
         ...
@@ -172,7 +174,21 @@ class Store(Protocol):
         """Delivery counts per subscriber and state."""
         ...
 
-    async def count_deliveries(self) -> dict[DeliveryState, int]: ...
+    async def count_deliveries(self) -> dict[DeliveryState, int]:
+        """Deliveries by state, from counters the store keeps (cheap enough for every scrape)."""
+        ...
+
+    async def purge(self, *, now: float, retention_s: float, batch: int = 500) -> int:
+        """One small step of retention (see the adapter); fewer than `batch` deleted means
+        nothing more is due now."""
+        ...
+
+    async def reconcile_subscribers(
+        self, configured: Sequence[str], *, now: float
+    ) -> tuple[int, int]:
+        """Orphan the pending deliveries of subscribers not in `configured`, restore the
+        orphaned ones of configured subscribers (due `now`). Returns (orphaned, restored)."""
+        ...
 
     async def subscriber_health(self) -> dict[str, SubscriberHealth]:
         """Every subscriber the bridge has a health record of."""

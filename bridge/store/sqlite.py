@@ -1,11 +1,10 @@
 """SQLite adapter of the store port: one WAL-mode file, a connection on a worker thread (and
-one on the event loop's thread for the delivery hot path, see `sqlite_inline`)."""
+one on the event loop's thread for the delivery hot path, see `sqlite_inline`). The files,
+their modes and the one-process lock are in `sqlite_file`; the schema in `sqlite_schema`."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Sequence
@@ -24,7 +23,10 @@ from bridge.models import (
     RecordState,
     Replayed,
 )
+from bridge.store import sqlite_claim as claims
+from bridge.store import sqlite_file as files
 from bridge.store import sqlite_ops as ops
+from bridge.store import sqlite_retention as retention
 from bridge.store.base import (
     BASELINE_MARK,
     AttemptOutcome,
@@ -32,103 +34,48 @@ from bridge.store.base import (
     ScanCommit,
     SubscriberHealth,
 )
-from bridge.store.sqlite_inline import Busy, InlineWriter, commit_or_roll_back
+from bridge.store.sqlite_file import StoreLocked
+from bridge.store.sqlite_inline import Busy, InlineWriter
+from bridge.store.sqlite_open import explain, open_store
+from bridge.store.sqlite_scan import commit_scan
+from bridge.store.sqlite_schema import MIGRATIONS, in_transaction
+
+__all__ = ["MIGRATIONS", "SqliteStore", "StoreLocked"]
 
 T = TypeVar("T")
 
 GATHER_TURNS = 3  # turns of the event loop a batch of finished attempts waits to grow
-
-# I/O errors of a file that cannot grow: what a full disk or a file-size limit looks like
-_GROWTH_ERRORS = frozenset({"SQLITE_IOERR_WRITE", "SQLITE_IOERR_SHMSIZE", "SQLITE_IOERR_TRUNCATE"})
-
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE records (
-        id TEXT PRIMARY KEY,
-        status TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        seen_at REAL NOT NULL
-    );
-    CREATE INDEX records_open ON records (created_at) WHERE status NOT IN ('success', 'failed');
-    CREATE TABLE events (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        type TEXT NOT NULL,
-        record_id TEXT NOT NULL,
-        occurred_at REAL NOT NULL,
-        previous_status TEXT,
-        data TEXT NOT NULL
-    );
-    CREATE TABLE deliveries (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        event_seq INTEGER NOT NULL REFERENCES events (seq),
-        subscriber_id TEXT NOT NULL,
-        state TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL,
-        lease_until REAL,
-        lease_token TEXT,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        UNIQUE (event_seq, subscriber_id)
-    );
-    CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE state = 'pending';
-    CREATE TABLE attempts (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        delivery_id INTEGER NOT NULL REFERENCES deliveries (id),
-        attempted_at REAL NOT NULL,
-        status_code INTEGER,
-        latency_ms REAL NOT NULL,
-        error TEXT,
-        response_excerpt TEXT NOT NULL
-    );
-    CREATE INDEX attempts_delivery ON attempts (delivery_id);
-    """,
-    """
-    CREATE INDEX records_created ON records (created_at);
-    """,
-    """
-    CREATE TABLE subscriber_health (
-        id TEXT PRIMARY KEY,
-        failing_since REAL,
-        disabled_at REAL,
-        reason TEXT
-    );
-    """,
-    """
-    CREATE INDEX events_record ON events (record_id, seq);
-    CREATE INDEX deliveries_lane ON deliveries (subscriber_id, state, event_seq);
-    """,
-    """
-    CREATE INDEX deliveries_claim ON deliveries (subscriber_id, next_attempt_at, id)
-        WHERE state = 'pending';
-    """,
-    """
-    DROP INDEX deliveries_due;
-    DROP INDEX deliveries_lane;
-    """,
-    # a record missing from the list is first marked missed, and only if it is missed again
-    # at the next scan is it gone (a tombstone keeping its last status, not tracked)
-    """
-    ALTER TABLE records ADD COLUMN missed_at REAL;
-    ALTER TABLE records ADD COLUMN gone_at REAL;
-    DROP INDEX records_open;
-    CREATE INDEX records_open ON records (created_at)
-        WHERE status NOT IN ('success', 'failed') AND gone_at IS NULL;
-    """,
-)
+DEFAULT_MAX_ATTEMPTS = 8  # 1 + len(delivery.retry_schedule_s) with the default schedule
 
 
 class SqliteStore:
-    """The `Store` port on a SQLite file. All SQL of the project lives here."""
+    """The `Store` port on a SQLite file. All SQL of the project lives here.
+
+    `exclusive` (for `run`): hold the file's lock (`StoreLocked` when another process has
+    it). `max_attempts`: a delivery whose lease runs out with no outcome counts an attempt,
+    and is dead-lettered after this many (1 + len(delivery.retry_schedule_s)).
+    After `open()`, `created` says whether the store was new (no schema yet)."""
 
     busy_timeout_s = 5.0  # how long a write waits for another connection's lock
 
-    def __init__(self, path: Path, *, busy_timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        busy_timeout_s: float | None = None,
+        exclusive: bool = False,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> None:
         self.path = path
         if busy_timeout_s is not None:
             self.busy_timeout_s = busy_timeout_s
+        self.exclusive = exclusive
+        self.max_attempts = max_attempts
+        self.created = False
+        self.store_id: str | None = None
+        self._lock: files.LockFile | None = None
+        self._identity: tuple[int, int] | None = None
+        self._purged_up_to = 0  # events up to this seq were looked at by purges
         self._conn: sqlite3.Connection | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._finished: list[tuple[Delivery, Attempt, AttemptOutcome, asyncio.Future[bool]]] = []
@@ -148,27 +95,23 @@ class SqliteStore:
             raise StoreError(f"store {self.path}: {self._explain(exc)}") from exc
 
     def _explain(self, exc: sqlite3.Error) -> str:
-        """SQLite's message, with what it means for the operator when that is not obvious."""
-        name = getattr(exc, "sqlite_errorname", "")
-        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-            return f"{exc}: another connection holds its lock (waited {self.busy_timeout_s:g} s)"
-        if name.startswith("SQLITE_READONLY"):
-            return f"{exc}: the file or its directory is read-only for this process"
-        if name == "SQLITE_FULL":
-            return f"disk full ({exc})"
-        if name in _GROWTH_ERRORS:
-            return f"{exc} while writing (is the disk full?)"
-        if name.startswith("SQLITE_CANTOPEN") and not os.access(self.path.parent, os.W_OK):
-            return f"{exc}: its directory {self.path.parent} is read-only for this process"
-        return str(exc)
+        return explain(self.path, self.busy_timeout_s, exc)
+
+    def _check_file(self) -> None:
+        """`StoreError` if the database file was deleted or replaced since it was opened:
+        writes to it would go to a file nobody will read again."""
+        if self._identity is not None:
+            files.check_identity(self.path, self._identity)
 
     async def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` inside BEGIN IMMEDIATE … COMMIT, rolling back on any error."""
-        return await self._run(partial(_in_transaction, fn))
+        self._check_file()
+        return await self._run(partial(in_transaction, fn))
 
     async def _hot_tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """`_tx` for the delivery hot path: on the event loop's thread when the write lock is
         free at once (see `sqlite_inline`), else on the worker thread, which waits for it."""
+        self._check_file()
         inline = self._inline
         if inline is not None:
             try:
@@ -190,39 +133,24 @@ class SqliteStore:
             pass  # the next one tries again; SQLite's own checkpoints still run
 
     async def open(self) -> None:
-        def connect() -> sqlite3.Connection:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path,
-                isolation_level=None,
-                check_same_thread=False,
-                timeout=self.busy_timeout_s,
-            )
-            try:
-                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if mode != "wal":
-                    raise sqlite3.OperationalError(f"cannot switch to WAL (journal mode {mode})")
-                conn.execute("PRAGMA synchronous = NORMAL")
-                conn.execute("PRAGMA foreign_keys = ON")
-                _migrate(conn)
-            except BaseException:
-                conn.close()
-                raise
-            return conn
-
+        """Create or migrate the store. Exclusive: take the lock first. Refuses a database
+        that is not the store the lock file records (deleted, replaced)."""
         loop = asyncio.get_running_loop()
+        connect = partial(
+            open_store, self.path, busy_timeout_s=self.busy_timeout_s, exclusive=self.exclusive
+        )
         try:
-            self._conn = await loop.run_in_executor(self._executor, connect)
+            opened = await loop.run_in_executor(self._executor, connect)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {self._explain(exc)}") from exc
         except OSError as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        self._conn, self._lock, self._identity = opened.conn, opened.lock, opened.identity
+        self.created, self.store_id = opened.created, opened.store_id
         try:
             self._inline = InlineWriter(self.path)
         except sqlite3.Error as exc:
-            conn, self._conn = self._conn, None
-            await loop.run_in_executor(self._executor, conn.close)
+            await self.close()
             raise StoreError(f"cannot open store {self.path}: {self._explain(exc)}") from exc
 
     async def close(self) -> None:
@@ -237,8 +165,13 @@ class SqliteStore:
             conn, self._conn = self._conn, None
             await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
         self._executor.shutdown(wait=True)
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            lock.release()
 
     async def ping(self) -> None:
+        """Raise `StoreError` unless the store answers and its file is still the one opened."""
+        self._check_file()
         await self._run(lambda c: c.execute("SELECT 1").fetchone())
 
     async def get_meta(self, key: str) -> str | None:
@@ -280,56 +213,7 @@ class SqliteStore:
         return [RecordState(*row) for row in rows]
 
     async def commit_scan(self, commit: ScanCommit) -> Committed:
-        def write(conn: sqlite3.Connection) -> Committed:
-            conn.executemany(
-                "INSERT INTO records (id, status, created_at, seen_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET status = excluded.status,"
-                " seen_at = excluded.seen_at, missed_at = NULL, gone_at = NULL",
-                [(s.id, s.status, s.created_at, commit.now) for s in commit.states],
-            )
-            conn.executemany(
-                "UPDATE records SET seen_at = ?, missed_at = NULL, gone_at = NULL WHERE id = ?",
-                [(commit.now, rid) for rid in commit.seen],
-            )
-            forgotten = _forget(conn, commit)
-            for key, value in commit.meta.items():
-                if value is None:
-                    conn.execute("DELETE FROM meta WHERE key = ?", (key,))
-                else:
-                    conn.execute(
-                        "INSERT INTO meta (key, value) VALUES (?, ?)"
-                        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                        (key, value),
-                    )
-            created = 0
-            recorded: set[str] = set()
-            for event, subscribers in commit.events:
-                cur = conn.execute(
-                    "INSERT INTO events (id, type, record_id, occurred_at, previous_status, data) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                    (
-                        event.id,
-                        event.type,
-                        event.record_id,
-                        event.occurred_at,
-                        event.previous_status,
-                        json.dumps(event.data, separators=(",", ":")),
-                    ),
-                )
-                if cur.rowcount == 0:
-                    continue  # the same event id was recorded before: never deliver it twice
-                recorded.add(event.id)
-                seq = cur.lastrowid
-                for sub in subscribers:
-                    conn.execute(
-                        "INSERT INTO deliveries (event_seq, subscriber_id, state, next_attempt_at,"
-                        " created_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?)",
-                        (seq, sub, commit.now, commit.now, commit.now),
-                    )
-                    created += 1
-            return Committed(created, forgotten, frozenset(recorded))
-
-        return await self._tx(write)
+        return await self._tx(partial(commit_scan, commit))
 
     async def claim_due(
         self, *, now: float, limit: int, lease_s: float, subscribers: Sequence[str]
@@ -338,18 +222,28 @@ class SqliteStore:
         if not subs or limit <= 0:
             return []
         token = uuid.uuid4().hex
-        return await self._tx(
-            lambda c: ops.claim(c, subs, limit, now=now, until=now + lease_s, token=token)
+        max_attempts = self.max_attempts
+        claimed = await self._tx(
+            lambda c: claims.claim(
+                c, subs, limit, now=now, until=now + lease_s, token=token, max_attempts=max_attempts
+            )
         )
+        claims.log_lost(claimed.lost)
+        return claimed.deliveries
 
     async def claim_lanes(
         self, *, now: float, lease_s: float, rooms: Sequence[tuple[str, int]]
     ) -> list[Delivery]:
         token = uuid.uuid4().hex
-
-        return await self._hot_tx(
-            lambda c: ops.claim_lanes(c, rooms, now=now, until=now + lease_s, token=token)
+        max_attempts = self.max_attempts
+        claimed = await self._hot_tx(
+            lambda c: claims.claim_lanes(
+                c, rooms, now=now, until=now + lease_s, token=token, max_attempts=max_attempts
+            )
         )
+        if claimed.lost:
+            claims.log_lost(claimed.lost)
+        return claimed.deliveries
 
     async def finish_attempt(
         self, delivery: Delivery, attempt: Attempt, outcome: AttemptOutcome
@@ -370,7 +264,7 @@ class SqliteStore:
             batch, self._finished = self._finished, []
             try:
                 kept = await self._hot_tx(
-                    partial(ops.finish_attempts, [(d, a, o) for d, a, o, _ in batch])
+                    partial(claims.finish_attempts, [(d, a, o) for d, a, o, _ in batch])
                 )
             except Exception as exc:
                 for *_, future in batch:
@@ -385,17 +279,7 @@ class SqliteStore:
         subs = list(subscribers)
         if not subs:
             return None
-        marks = ",".join("?" * len(subs))
-        row = await self._run(
-            lambda c: c.execute(
-                "SELECT MIN(MAX(d.next_attempt_at, COALESCE(d.lease_until, 0)))"
-                " FROM deliveries d JOIN events e ON e.seq = d.event_seq"
-                f" WHERE d.state = 'pending' AND d.subscriber_id IN ({marks}) AND {ops.IN_ORDER}",
-                subs,
-            ).fetchone()
-        )
-        value = row[0]
-        return float(value) if value is not None else None
+        return await self._run(lambda c: claims.next_due_at(c, subs))
 
     async def list_deliveries(
         self,
@@ -429,7 +313,7 @@ class SqliteStore:
         return await self._tx(lambda c: ops.replay(c, since, event_type, targets, now))
 
     async def release(self, delivery: Delivery, *, now: float) -> bool:
-        return await self._tx(lambda c: ops.release(c, delivery.id, delivery.lease_token, now))
+        return await self._tx(lambda c: claims.release(c, delivery.id, delivery.lease_token, now))
 
     async def counts_by_subscriber(self) -> dict[str, dict[DeliveryState, int]]:
         return await self._run(ops.counts_by_subscriber)
@@ -454,62 +338,44 @@ class SqliteStore:
         )
 
     async def count_deliveries(self) -> dict[DeliveryState, int]:
-        rows = await self._run(
-            lambda c: c.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall()
-        )
-        counts = dict.fromkeys(DeliveryState, 0)
-        counts.update({DeliveryState(state): n for state, n in rows})
-        return counts
+        """Deliveries by state, from the counters the store keeps (not a scan)."""
+        return await self._run(ops.count_deliveries)
 
-
-def _forget(conn: sqlite3.Connection, commit: ScanCommit) -> list[str]:
-    """Records missing from the list: missed twice in a row, or not seen by a whole sweep,
-    they are gone (kept as tombstones, so one that comes back is compared with its last
-    status); missed once, they are only marked. Returns the ids gone now."""
-    gone: list[str] = []
-    for rid in commit.removed:
-        row = conn.execute(
-            "UPDATE records SET gone_at = ? WHERE id = ? AND missed_at IS NOT NULL"
-            " AND gone_at IS NULL RETURNING id",
-            (commit.now, rid),
-        ).fetchone()
-        if row is not None:
-            gone.append(rid)
-        else:
-            conn.execute(
-                "UPDATE records SET missed_at = ? WHERE id = ? AND missed_at IS NULL",
-                (commit.now, rid),
+    async def purge(self, *, now: float, retention_s: float, batch: int = 500) -> int:
+        """One step of retention: delete up to `batch` expired deliveries (delivered ones
+        older than `retention_s`, dead letters and orphans older than twice that) with their
+        attempts, and up to `batch` events older than `retention_s` with no delivery left,
+        in short transactions. Returns the deliveries and events deleted; fewer than `batch`
+        means nothing more is due now. Record states are kept."""
+        kept_after, dead_after = now - retention_s, now - 2 * retention_s
+        deliveries, events = await self._tx(
+            lambda c: retention.purge_deliveries(
+                c, kept_after=kept_after, dead_after=dead_after, batch=batch
             )
-    if commit.forget_unseen_before is not None:
-        gone += [
-            row[0]
-            for row in conn.execute(
-                "UPDATE records SET gone_at = ? WHERE seen_at < ? AND gone_at IS NULL RETURNING id",
-                (commit.now, commit.forget_unseen_before),
-            ).fetchall()
-        ]
-    return gone
-
-
-def _in_transaction(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
-    """`fn` inside BEGIN IMMEDIATE … COMMIT (see `commit_or_roll_back`)."""
-    conn.execute("BEGIN IMMEDIATE")
-    return commit_or_roll_back(conn, fn)
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring the schema to the newest version, each step in its own transaction."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(MIGRATIONS):
-        raise sqlite3.DatabaseError(
-            f"schema version {version} is newer than this bridge knows ({len(MIGRATIONS)})"
         )
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        statements = [s for s in script.split(";") if s.strip()]
-        _in_transaction(partial(_apply, statements, number), conn)
+        found: list[int] = []
+        done, after = False, self._purged_up_to
+        while not done and len(found) < batch:  # reads; other queries go between them
+            scan = partial(
+                retention.lone_events,
+                after_seq=after,
+                kept_after=kept_after,
+                limit=batch - len(found),
+            )
+            seqs, after, done = await self._run(scan)
+            found += seqs
+        if found:
+            events += await self._tx(
+                lambda c: retention.delete_events(c, found, kept_after=kept_after)
+            )
+        self._purged_up_to = after
+        return deliveries + events
 
-
-def _apply(statements: list[str], version: int, conn: sqlite3.Connection) -> None:
-    for statement in statements:
-        conn.execute(statement)
-    conn.execute(f"PRAGMA user_version = {version}")
+    async def reconcile_subscribers(
+        self, configured: Sequence[str], *, now: float
+    ) -> tuple[int, int]:
+        """Set aside (`orphaned`) the pending deliveries of subscribers not in `configured`,
+        and make orphaned ones of configured subscribers pending again, due `now`. Returns
+        (orphaned, restored)."""
+        ids = list(configured)
+        return await self._tx(lambda c: retention.reconcile_subscribers(c, ids, now))

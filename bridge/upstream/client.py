@@ -1,16 +1,18 @@
-"""The Munsit API client: list pages, with short, bounded retries of transient failures."""
+"""The Munsit API client: list pages, with short, bounded retries of transient failures, and
+progress streams. Answers are read within size limits and parsed by `parse`."""
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import structlog
 from pydantic import SecretStr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from yarl import URL
 
 from bridge import __version__
 from bridge.errors import (
@@ -20,18 +22,26 @@ from bridge.errors import (
     UpstreamProtocolError,
     UpstreamUnavailable,
 )
-from bridge.models import KNOWN_STATUSES, Record
+from bridge.models import KNOWN_STATUSES, Page
+from bridge.redact import describe
 from bridge.retry_after import parse_retry_after
+from bridge.upstream.parse import SseParser, error_text, parse_list
 
 log = structlog.get_logger("bridge.upstream")
 
 Sleep = Callable[[float], Awaitable[None]]
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+ERROR_BODY_BYTES = 4096  # of an error answer, for its message
+READ_CHUNK_BYTES = 64 * 1024
+REPORTED_MAX = 10_000  # quarantined records remembered as reported
 
 
 class MunsitClient:
     """`GET /denoise` pages. 429, 5xx, timeouts and dropped connections are retried with
     exponential backoff and jitter, honouring `Retry-After`, within `max_wait_s` of waiting
-    in total; 401 and protocol errors are raised at once.
+    in total; 401 and protocol errors (an answer over `max_response_bytes` among them) are
+    raised at once. A record that cannot be stored or delivered as sent is quarantined: left
+    out of its page, logged and passed to `on_quarantine` once, however often it is listed.
     """
 
     def __init__(
@@ -50,8 +60,13 @@ class MunsitClient:
         rand: Callable[[], float] = random.random,
         stream_session: aiohttp.ClientSession | None = None,
         on_response: Callable[[str], None] = lambda _code: None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        on_quarantine: Callable[[int], None] = lambda _count: None,
     ) -> None:
         self._session = session
+        self._max_response_bytes = max_response_bytes
+        self._on_quarantine = on_quarantine  # how many records were newly quarantined
+        self._reported: dict[str, None] = {}  # keys of quarantined records, oldest first
         self._on_response = on_response  # "200", "429", …, "timeout" or "error" per request
         # progress streams stay open for minutes: their own pool, so polls never queue behind
         self._stream_session = stream_session or session
@@ -67,8 +82,8 @@ class MunsitClient:
         self._rand = rand
         self.requests = 0
 
-    async def list_page(self, offset: int, limit: int) -> list[Record]:
-        """One page of records, newest first."""
+    async def list_page(self, offset: int, limit: int) -> Page:
+        """One page of records, newest first, quarantined ones left out."""
         retrying = AsyncRetrying(
             sleep=self._sleep,
             retry=retry_if_exception_type(UpstreamUnavailable),
@@ -84,9 +99,11 @@ class MunsitClient:
 
     async def progress(self, record_id: str) -> AsyncIterator[dict[str, Any]]:
         """The job's progress messages (`GET /denoise/{id}/progress`, Server-Sent Events)
-        until the server closes the stream. No retries here: the watcher reconnects."""
-        url = f"{self._base_url}/denoise/{record_id}/progress"
+        until the server closes the stream. No retries here: the watcher reconnects. A line
+        or message over 64 KiB ends the stream with `UpstreamProtocolError`."""
+        url = self._record_url(record_id, "progress")
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.total)
+        warned = False
         try:
             async with self._stream_session.get(
                 url,
@@ -95,22 +112,29 @@ class MunsitClient:
                 allow_redirects=False,
             ) as resp:
                 if resp.status != 200:
-                    body = await resp.read()
-                    raise _status_error(
-                        resp.status, body, None, f"GET /denoise/{record_id}/progress"
-                    )
-                data: list[str] = []
-                async for raw in resp.content:
-                    line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                    if line.startswith("data:"):
-                        data.append(line[5:].removeprefix(" "))
-                    elif not line and data:
-                        message = _sse_json("\n".join(data))
-                        data.clear()
-                        if message is not None:
-                            yield message
+                    body, _ = await _read_capped(resp, ERROR_BODY_BYTES)
+                    what = f"GET /denoise/{record_id}/progress"
+                    raise _status_error(resp.status, body, None, what)
+                parser = SseParser()
+                async for chunk in resp.content.iter_any():
+                    for message in parser.feed(chunk):
+                        yield message
+                    if parser.ignored and not warned:  # once per stream, not per message
+                        warned = True
+                        log.warning("unreadable progress message ignored", record_id=record_id)
         except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"progress stream of {record_id}: {_describe(exc)}") from exc
+            raise UpstreamUnavailable(f"progress stream of {record_id}: {describe(exc)}") from exc
+        except TimeoutError as exc:
+            raise UpstreamUnavailable(f"progress stream of {record_id}: timed out") from exc
+
+    def _record_url(self, record_id: str, action: str) -> URL:
+        """`…/denoise/{id}/{action}`, the id one path segment whatever it holds."""
+        segment = quote(record_id, safe="")
+        if not segment.strip("."):  # `.` and `..` would climb the path
+            segment = segment.replace(".", "%2E")
+        base = URL(self._base_url)
+        path = f"{base.raw_path.rstrip('/')}/denoise/{segment}/{action}"
+        return base.with_path(path, encoded=True)
 
     def _headers(self) -> dict[str, str]:
         return {
@@ -141,9 +165,10 @@ class MunsitClient:
             retry_in_s=round(state.upcoming_sleep, 3),
         )
 
-    async def _fetch_page(self, offset: int, limit: int) -> list[Record]:
+    async def _fetch_page(self, offset: int, limit: int) -> Page:
         url = f"{self._base_url}/denoise"
         self.requests += 1
+        cap = self._max_response_bytes
         try:
             async with self._session.get(
                 url,
@@ -152,9 +177,9 @@ class MunsitClient:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
-                body = await resp.read()
                 status = resp.status
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"), now=self._now())
+                body, whole = await _read_capped(resp, cap if status == 200 else ERROR_BODY_BYTES)
         except TimeoutError as exc:
             self._on_response("timeout")
             raise UpstreamUnavailable(
@@ -162,77 +187,77 @@ class MunsitClient:
             ) from exc
         except aiohttp.ClientError as exc:
             self._on_response("error")
-            raise UpstreamUnavailable(f"GET /denoise failed: {_describe(exc)}") from exc
+            raise UpstreamUnavailable(f"GET /denoise failed: {describe(exc)}") from exc
         self._on_response(str(status))
-        return _parse_list(status, body, retry_after, offset)
+        if status != 200:
+            raise _status_error(status, body, retry_after, "GET /denoise")
+        if not whole:
+            raise UpstreamProtocolError(
+                f"GET /denoise?offset={offset} answered more than {cap:,} bytes"
+                " (upstream.max_response_bytes): refused",
+                status=status,
+            )
+        page = parse_list(body, offset=offset)
+        self._report(page)
+        for record in page:
+            if record.status not in KNOWN_STATUSES:
+                log.warning(
+                    "unknown record status, treated as not terminal",
+                    record_id=record.id,
+                    status=record.status,
+                )
+        return page
+
+    def _report(self, page: Page) -> None:
+        """Log each quarantined record once (per id and reason), and count it."""
+        fresh = 0
+        for item in page.quarantined:
+            if item.key in self._reported:
+                continue
+            self._reported[item.key] = None
+            if len(self._reported) > REPORTED_MAX:
+                del self._reported[next(iter(self._reported))]
+            fresh += 1
+            log.warning(
+                "record quarantined: skipped until Munsit lists it whole",
+                record_id=item.label or None,
+                position=item.position,
+                reason=item.reason,
+            )
+        if fresh:
+            self._on_quarantine(fresh)
 
 
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes | bytearray, bool]:
+    """The body, read as it streams in, up to `limit` bytes; whether that was all of it.
+    Past the limit, reading stops, what was read is dropped and the connection is closed,
+    not drained."""
+    if resp.content_length is not None and resp.content_length > limit:
+        resp.close()
+        return b"", False
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(READ_CHUNK_BYTES):
+        if len(body) + len(chunk) > limit:
+            resp.close()
+            return bytes(body[:ERROR_BODY_BYTES]), False
+        body += chunk
+    return body, True  # bytes-like: no copy of what may be many megabytes
 
 
-def _error_text(body: bytes) -> str:
-    try:
-        data: Any = json.loads(body)
-    except ValueError:
-        return body[:200].decode("utf-8", "replace")
-    if isinstance(data, dict) and "errorMessage" in data:
-        return f"{data.get('errorCode')} {data['errorMessage']}"
-    return body[:200].decode("utf-8", "replace")
-
-
-def _sse_json(text: str) -> dict[str, Any] | None:
-    try:
-        message: Any = json.loads(text)
-    except ValueError:
-        log.warning("unreadable progress message ignored", data=text[:200])
-        return None
-    return message if isinstance(message, dict) else None
-
-
-def _status_error(status: int, body: bytes, retry_after: float | None, what: str) -> UpstreamError:
+def _status_error(
+    status: int, body: bytes | bytearray, retry_after: float | None, what: str
+) -> UpstreamError:
     """The error a non-200 answer means."""
+    text = error_text(body)
     if status == 401:
         return UpstreamAuthError(
-            f"API key rejected by Munsit (401 {_error_text(body)}): check upstream.api_key "
-            "or MUNSIT_API_KEY",
+            f"API key rejected by Munsit (401 {text}): check upstream.api_key or MUNSIT_API_KEY",
             status=status,
         )
     if status == 404:
-        return UpstreamNotFound(f"{what} answered 404: {_error_text(body)}", status=status)
+        return UpstreamNotFound(f"{what} answered 404: {text}", status=status)
     if status == 429 or status >= 500:
         return UpstreamUnavailable(
-            f"{what} answered {status}: {_error_text(body)}",
-            status=status,
-            retry_after_s=retry_after,
+            f"{what} answered {status}: {text}", status=status, retry_after_s=retry_after
         )
-    return UpstreamProtocolError(f"{what} answered {status}: {_error_text(body)}", status=status)
-
-
-def _parse_list(status: int, body: bytes, retry_after: float | None, offset: int) -> list[Record]:
-    if status != 200:
-        raise _status_error(status, body, retry_after, "GET /denoise")
-    try:
-        data: Any = json.loads(body)
-    except ValueError as exc:
-        raise UpstreamProtocolError(
-            f"GET /denoise?offset={offset} returned malformed JSON: {exc}", status=status
-        ) from exc
-    if not isinstance(data, list):
-        raise UpstreamProtocolError(
-            f"GET /denoise?offset={offset} returned a JSON {type(data).__name__}, expected an "
-            "array of records",
-            status=status,
-        )
-    records = [
-        Record.from_json(item, where=f"record at offset {offset + i}")
-        for i, item in enumerate(data)
-    ]
-    for record in records:
-        if record.status not in KNOWN_STATUSES:
-            log.warning(
-                "unknown record status, treated as not terminal",
-                record_id=record.id,
-                status=record.status,
-            )
-    return records
+    return UpstreamProtocolError(f"{what} answered {status}: {text}", status=status)

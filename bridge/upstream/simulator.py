@@ -14,13 +14,14 @@ import heapq
 import math
 import random
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import BodyPartReader, web
 
 from bridge.clock import Clock, SystemClock, sleep_or_event
-from bridge.upstream import sim_media
+from bridge.upstream import sim_media, sim_poison
 from bridge.upstream.sim_media import NOT_FOUND, Handler, Job, UnknownRecord, control, get
 
 IDLE_CLOSE_S = 15 * 60
@@ -76,6 +77,9 @@ class Simulator:
         self._faults: dict[str, deque[_Fault]] = {}
         self._drift = (0, 0)
         self._extra: dict[str, Any] = {}
+        self._poison: dict[str, deque[sim_poison.Poison]] = {}
+        self._raw: list[bytes] = []  # raw record texts listed on top, oldest first
+        self.poison_served = 0
 
     # ---- control surface -------------------------------------------------------------
 
@@ -145,6 +149,29 @@ class Simulator:
             raise ValueError("count and latency_s must be >= 0")
         queue = self._faults.setdefault(endpoint, deque())
         queue.extend(_Fault(kind, retry_after, latency_s) for _ in range(count))
+
+    def poison(
+        self,
+        body: bytes | Sequence[tuple[bytes, int]],
+        *,
+        endpoint: str = "list",
+        count: int = 1,
+        content_type: str | None = None,
+    ) -> None:
+        """The next `count` authenticated requests to `endpoint` (`list` or `progress`) are
+        answered 200 with this raw body: bytes, or (part, times) pairs streamed in turn."""
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        poison = sim_poison.make_poison(body, endpoint, content_type)
+        self._poison.setdefault(endpoint, deque()).extend([poison] * count)
+
+    def add_raw_record(self, raw: bytes) -> None:
+        """Poison that stays, as a broken record would: this raw JSON text is listed as the
+        newest record from now on, until `clear_raw_records()`."""
+        self._raw.append(raw)
+
+    def clear_raw_records(self) -> None:
+        self._raw.clear()
 
     def drift(self, *, inserts_per_fetch: int, fetches: int) -> None:
         """After each of the next `fetches` list responses, insert new pending jobs on top."""
@@ -236,6 +263,9 @@ class Simulator:
         app.router.add_delete("/_sim/records/{id}", control(self._ctl_remove))
         app.router.add_post("/_sim/faults", control(self._ctl_faults))
         app.router.add_post("/_sim/drift", control(self._ctl_drift))
+        app.router.add_post("/_sim/poison", control(self._ctl_poison))
+        app.router.add_post("/_sim/raw-records", control(self._ctl_raw_records))
+        app.router.add_delete("/_sim/raw-records", control(self._ctl_raw_records))
         app.router.add_get("/_sim/stats", control(self._ctl_stats))
         return app
 
@@ -280,7 +310,16 @@ class Simulator:
             raise _Dropped
         return sim_media.fault_response(fault.kind, fault.retry_after)
 
+    async def _poisoned(self, request: web.Request, endpoint: str) -> web.StreamResponse | None:
+        queue = self._poison.get(endpoint)
+        if not queue:
+            return None
+        self.poison_served += 1
+        return await sim_poison.serve(request, queue.popleft(), request.app[_CLOSING])
+
     async def _list(self, request: web.Request) -> web.StreamResponse:
+        if (poisoned := await self._poisoned(request, "list")) is not None:
+            return poisoned
         if (faulty := await self._fault(request, "list")) is not None:
             return faulty
         try:
@@ -289,6 +328,9 @@ class Simulator:
         except ValueError as exc:
             return sim_media.error(400, "40005", str(exc))
         self._advance()
+        raw = self._raw[::-1][offset : None if limit is None else offset + limit]
+        offset = max(0, offset - len(self._raw))  # the raw records sit on top
+        limit = None if limit is None else limit - len(raw)
         hi = len(self._order) - offset
         lo = 0 if limit is None else max(0, hi - limit)
         body = [self._public(job) for job in reversed(self._order[lo:hi])] if hi > 0 else []
@@ -296,6 +338,10 @@ class Simulator:
         if fetches > 0:
             self._drift = (inserts, fetches - 1)
             self.add_records(inserts, status="pending")
+        if self._raw:
+            return web.Response(
+                body=sim_poison.list_body(raw, body), content_type="application/json"
+            )
         return web.json_response(body)
 
     async def _submit(self, request: web.Request) -> web.StreamResponse:
@@ -325,6 +371,8 @@ class Simulator:
         return web.json_response({"jobId": record["id"], "denoiseId": record["id"]})
 
     async def _progress(self, request: web.Request) -> web.StreamResponse:
+        if (poisoned := await self._poisoned(request, "progress")) is not None:
+            return poisoned
         if (faulty := await self._fault(request, "progress")) is not None:
             return faulty
         self._advance()
@@ -422,6 +470,23 @@ class Simulator:
         fetches = get(body, "fetches", (int,), "an integer")
         self.drift(inserts_per_fetch=inserts, fetches=fetches)
         return web.json_response({"inserts_per_fetch": inserts, "fetches": fetches})
+
+    async def _ctl_poison(self, request: web.Request) -> web.StreamResponse:
+        body = await sim_media.json_object(request)
+        self.poison(
+            sim_poison.parts(body),
+            endpoint=get(body, "endpoint", (str,), "a string", "list"),
+            count=get(body, "count", (int,), "an integer", 1),
+            content_type=get(body, "content_type", (str, type(None)), "a string", None),
+        )
+        return web.json_response({"queued": sum(len(q) for q in self._poison.values())})
+
+    async def _ctl_raw_records(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "DELETE":
+            self.clear_raw_records()
+        else:
+            self.add_raw_record(sim_poison.payload(await sim_media.json_object(request)))
+        return web.json_response({"raw_records": len(self._raw)})
 
     async def _ctl_stats(self, request: web.Request) -> web.StreamResponse:
         self._advance()

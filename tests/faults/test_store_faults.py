@@ -12,13 +12,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import textwrap
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -82,8 +79,8 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-async def seeded_store(path: Path, **kwargs: float) -> SqliteStore:
-    store = SqliteStore(path, **kwargs)
+async def seeded_store(path: Path, busy_timeout_s: float | None = None) -> SqliteStore:
+    store = SqliteStore(path, busy_timeout_s=busy_timeout_s)
     await store.open()
     await seed(store)
     return store
@@ -193,25 +190,12 @@ def test_check_reports_a_store_locked_by_another_process(
 # --- read-only ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def reachable_dir(tmp_path: Path) -> Iterator[Path]:
-    """A directory an unprivileged user can reach (pytest's base directory is private to
-    root when tests run as root)."""
-    if os.geteuid() != 0:
-        yield tmp_path
-        return
-    path = Path(tempfile.mkdtemp(prefix="bridge-store-faults-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
-
-
 def unprivileged(*argv: str) -> subprocess.CompletedProcess[str]:
-    """Run `argv` without write permission on files it does not own: as root, under the
-    `nobody` user (root writes everywhere, whatever the mode bits say)."""
-    drop = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    """Run `argv` as this user but without the capabilities that override file permissions,
+    so that it cannot write a file or directory whose mode says read-only (root otherwise
+    writes everywhere). Staying the same user, it still reads the checkout and the virtual
+    environment, wherever they are (a 0700 clone under /root included)."""
+    drop = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all"]
     command = [*drop, *argv] if os.geteuid() == 0 else list(argv)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "MUNSIT_"))}
     return subprocess.run(
@@ -231,15 +215,15 @@ def writable(*paths: Path) -> None:
 
 @pytest.mark.parametrize("command", ["check", "run"])
 def test_read_only_database_is_refused_clearly_and_left_untouched(
-    reachable_dir: Path, command: str
+    tmp_path: Path, command: str
 ) -> None:
-    state = reachable_dir / "state"
+    state = tmp_path / "state"
     path = state / "b.db"
     seeded_file(path)
     before = snapshot(path)
     assert integrity(path) == "ok"
     assert not Path(f"{path}-wal").exists() and not Path(f"{path}-shm").exists()
-    cfg = config(reachable_dir, path)
+    cfg = config(tmp_path, path)
     cfg.chmod(0o644)
     read_only(path, state)
     try:
@@ -249,7 +233,11 @@ def test_read_only_database_is_refused_clearly_and_left_untouched(
         result = unprivileged(sys.executable, "-m", "bridge", command, "--config", str(cfg))
         assert result.returncode == 1, result.stderr
         assert f"munsit-bridge: cannot open store {path}: " in result.stderr
-        assert "attempt to write a readonly database" in result.stderr
+        if command == "run":  # it takes the store's lock first, beside the database
+            assert f"cannot open its lock file {path}.lock: " in result.stderr
+            assert "Permission denied" in result.stderr
+        else:
+            assert "attempt to write a readonly database" in result.stderr
         assert "the file or its directory is read-only for this process" in result.stderr
         assert "Traceback" not in result.stderr
         assert digest(path) == hashed
@@ -265,12 +253,12 @@ def test_read_only_database_is_refused_clearly_and_left_untouched(
 
 
 def test_read_only_directory_without_a_database_is_refused_clearly(
-    reachable_dir: Path,
+    tmp_path: Path,
 ) -> None:
-    state = reachable_dir / "state"
+    state = tmp_path / "state"
     state.mkdir()
     path = state / "b.db"
-    cfg = config(reachable_dir, path)
+    cfg = config(tmp_path, path)
     cfg.chmod(0o644)
     read_only(state)
     try:
@@ -421,4 +409,8 @@ def test_check_reports_a_full_disk_when_creating_the_store(tmp_path: Path) -> No
     )
     assert ok.returncode == 0, ok.stderr
     assert integrity(path) == "ok"
-    assert snapshot(path) == {t: [] for t in TABLES}
+    after = snapshot(path)
+    assert {t: rows for t, rows in after.items() if t != "meta"} == {
+        t: [] for t in TABLES if t != "meta"
+    }
+    assert [key for key, _ in after["meta"]] == ["store_id"]  # a new store, nothing else

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -9,11 +11,18 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
 from bridge.clock import FakeClock, SystemClock
-from bridge.errors import UpstreamAuthError, UpstreamProtocolError, UpstreamUnavailable
+from bridge.errors import (
+    UpstreamAuthError,
+    UpstreamNotFound,
+    UpstreamProtocolError,
+    UpstreamUnavailable,
+)
 from bridge.retry_after import parse_retry_after
 from bridge.upstream.client import MunsitClient
 from bridge.upstream.simulator import Simulator
@@ -192,3 +201,123 @@ async def test_unknown_fields_kept(
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     now = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC).timestamp()
     assert parse_retry_after(value, now=now) == expected
+
+
+# ---- poison: answers too big, records quarantined, streams cut ---------------------------
+
+
+async def test_an_endless_list_answer_is_refused_at_the_cap_and_not_retried(
+    sim: Simulator, make_client: Callable[..., MunsitClient], sleep: RecordedSleep
+) -> None:
+    """Reading stops at `max_response_bytes`: an answer that never ends is refused."""
+    sim.poison([(b"[", 1), (b" " * 65_536, 10**12)])
+    async with asyncio.timeout(20):  # were it read whole, this would never end
+        with pytest.raises(UpstreamProtocolError, match=r"more than 262,144 bytes"):
+            await make_client(max_response_bytes=256 * 1024).list_page(0, 5)
+    assert sim.list_requests == 1 and sleep.delays == []
+
+
+async def test_an_answer_just_under_the_cap_is_read(
+    sim: Simulator, make_client: Callable[..., MunsitClient]
+) -> None:
+    sim.add_records(2)
+    body = json.dumps(sim.records).encode()
+    sim.poison([(body[:-1], 1), (b" " * (8192 - len(body)), 1), (b"]", 1)])
+    assert len(await make_client(max_response_bytes=8192).list_page(0, 5)) == 2
+    sim.poison([(body[:-1], 1), (b" " * (8193 - len(body)), 1), (b"]", 1)])
+    with pytest.raises(UpstreamProtocolError, match="max_response_bytes"):
+        await make_client(max_response_bytes=8192).list_page(0, 5)
+
+
+async def test_quarantined_records_are_left_out_and_reported_once(
+    sim: Simulator, make_client: Callable[..., MunsitClient]
+) -> None:
+    sim.add_records(3)
+    sim.add_raw_record(b'{"id": "rec-\\ud800", "status": "pending", "created_at": "2026"}')
+    sim.add_raw_record(b'{"id": "x", "status": 5, "created_at": "2026-01-01T00:00:00Z"}')
+    counted: list[int] = []
+    client = make_client(on_quarantine=counted.append)
+    with structlog.testing.capture_logs() as logs:
+        pages = [await client.list_page(0, 5) for _ in range(3)]
+    assert all([r.id for r in page] == [r["id"] for r in sim.records] for page in pages)
+    assert all(page.size == 5 and len(page.quarantined) == 2 for page in pages)
+    assert counted == [2]  # the first time only
+    reported = [e for e in logs if e["event"].startswith("record quarantined")]
+    assert [(e["record_id"], e["position"]) for e in reported] == [("x", 0), ("rec-\\ud800", 1)]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"errorCode": 1, "errorMessage": "\\ud800"}',  # a lone surrogate
+        "[" * 100_000,  # deep nesting
+        '{"errorCode": 1, "errorMessage": "' + "x" * 100_000 + '"}',
+    ],
+)
+async def test_an_error_body_is_read_short_and_printable(
+    body: str, aiohttp_server: ServerFactory, sleep: RecordedSleep
+) -> None:
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(status=400, text=body)
+
+    app = web.Application()
+    app.router.add_get("/denoise", answer)
+    server: TestServer = await aiohttp_server(app)
+    async with aiohttp.ClientSession() as session:
+        client = MunsitClient(
+            session,
+            base_url=str(server.make_url("")),
+            api_key=SecretStr("k"),
+            timeout_s=5.0,
+            sleep=sleep,
+            now=SystemClock().now,
+        )
+        with pytest.raises(UpstreamProtocolError, match="answered 400") as info:
+            await client.list_page(0, 5)
+    text = str(info.value)
+    assert len(text) < 300
+    text.encode("ascii")
+
+
+async def test_a_record_id_is_one_path_segment_of_the_progress_url(
+    aiohttp_server: ServerFactory, sleep: RecordedSleep
+) -> None:
+    paths: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        paths.append(request.raw_path)
+        return web.Response(status=404, text="{}")
+
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", answer)
+    server: TestServer = await aiohttp_server(app)
+    async with aiohttp.ClientSession() as session:
+        client = MunsitClient(
+            session,
+            base_url=str(server.make_url("/api/v1")),
+            api_key=SecretStr("k"),
+            timeout_s=5.0,
+            sleep=sleep,
+            now=SystemClock().now,
+        )
+        for record_id in ("..", "a/../../b", "x?y#z", "é"):
+            with pytest.raises(UpstreamNotFound):
+                async for _ in client.progress(record_id):
+                    pass
+    assert paths == [
+        "/api/v1/denoise/%2E%2E/progress",
+        "/api/v1/denoise/a%2F..%2F..%2Fb/progress",
+        "/api/v1/denoise/x%3Fy%23z/progress",
+        "/api/v1/denoise/%C3%A9/progress",
+    ]
+
+
+async def test_a_progress_stream_without_message_ends_is_cut_at_64_kib(
+    sim: Simulator, make_client: Callable[..., MunsitClient]
+) -> None:
+    [job] = sim.add_records(1, status="pending")
+    sim.poison([(b"data: 1\n", 10**12)], endpoint="progress")
+    async with asyncio.timeout(20):
+        with pytest.raises(UpstreamProtocolError, match="over 65,536 bytes"):
+            async for _ in make_client().progress(job["id"]):
+                pass

@@ -15,7 +15,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bridge.clock import SystemClock
-from bridge.models import event_id
+from bridge.models import DeliveryState, event_id
+from bridge.store.sqlite import SqliteStore
+from bridge.store.sqlite_claim import LOST_ATTEMPT
 from bridge.upstream.simulator import Simulator
 from tests.integration.helpers import bridge_process
 
@@ -120,6 +122,20 @@ max_concurrency = 20
     for evt, seen in receiver.by_id.items():
         assert seen == {expected[evt]}  # a duplicate is the same event under the same id
     assert receiver.requests >= EVENTS
+    # the deliveries the killed process held count that attempt (no outcome recorded)
+    store = SqliteStore(tmp_path / "state.db")
+    await store.open()
+    try:
+        views = await store.list_deliveries(limit=2 * EVENTS)
+    finally:
+        await store.close()
+    assert len(views) == EVENTS
+    lost = [v for v in views if any(a.error == LOST_ATTEMPT for a in v.history)]
+    assert lost, "the kill left no delivery leased"  # claimed ahead, or in flight
+    for view in views:
+        assert view.attempts == len(view.history)
+        if view.state is DeliveryState.DELIVERED:
+            assert view.history[-1].status_code == 200
 
 
 async def _until_polled(sim: Simulator, polls: int) -> None:

@@ -9,12 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp.test_utils import TestServer
 
 from bridge.clock import FakeClock
-from bridge.config import Settings
+from bridge.config import Settings, UpstreamConfig
+from bridge.detect.poller import Poller, failure_backoff_s
+from bridge.errors import UpstreamProtocolError, UpstreamUnavailable
+from bridge.models import Record
 from bridge.service import Service
 from bridge.store.base import SWEEP
+from bridge.store.sqlite import SqliteStore
 from bridge.upstream.simulator import Simulator
 from tests.integration.helpers import drive, settings_for
 
@@ -251,3 +256,47 @@ async def test_upstream_429_and_5xx_back_the_poller_off(
     assert second > first >= 10.0
     sim._faults.clear()
     assert await service.poller.poll_once() == pytest.approx(30.0)
+
+
+@pytest.mark.parametrize(
+    ("failures", "expected"),
+    [(1, 10.0), (2, 20.0), (5, 160.0), (6, 300.0), (1_100, 300.0), (10**12, 300.0)],
+)
+def test_failure_backoff_doubles_up_to_its_cap(failures: int, expected: float) -> None:
+    assert failure_backoff_s(failures, 5.0) == expected
+
+
+class Down:
+    """An upstream whose every list request fails the same way."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def list_page(self, offset: int, limit: int) -> list[Record]:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "failures"),
+    [
+        # past 1,024 failures in a row, where 2**failures once overflowed a float
+        (UpstreamUnavailable("502", status=502), 1_100),
+        (UpstreamProtocolError("answered more than 16,777,216 bytes"), 8),
+    ],
+)
+async def test_failed_polls_in_a_row_wait_a_doubling_capped_backoff(
+    error: Exception, failures: int, store: SqliteStore, clock: FakeClock
+) -> None:
+    """Unavailable or unreadable, the list is asked again after a doubling wait, capped at
+    five minutes, however long the outage."""
+    upstream = UpstreamConfig.model_validate(
+        {"api_key": "k", "poll_interval_s": 5, "idle_poll_interval_s": 5}
+    )
+    poller = Poller(
+        Down(error), store, upstream=upstream, subscribers=[], clock=clock, rand=lambda: 0.5
+    )
+    with structlog.testing.capture_logs():
+        delays = [await poller.poll_once() for _ in range(failures)]
+    assert delays[:5] == [10.0, 20.0, 40.0, 80.0, 160.0]
+    assert delays[5:] == [300.0] * (failures - 5)
+    assert poller.last_error == str(error)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -154,3 +155,31 @@ async def test_dead_letter_is_listed_and_requeued_with_the_same_id(
         [view] = await svc.store.list_deliveries()
     assert view.state is DeliveryState.DELIVERED and len(view.history) == 3
     assert {r.headers["webhook-id"] for r in receiver.requests} == {dead.event_id}
+
+
+async def test_a_410_takes_effect_before_its_lane_starts_another_request(
+    sim: Simulator,
+    receiver: RecordingReceiver,
+    make_settings: Callable[..., Settings],
+    clock: FakeClock,
+) -> None:
+    """In `run`, a lane's slot frees as soon as an answer is in, while the attempt is being
+    recorded: a 410 must stop the lane by then. Only the `max_concurrency` requests already
+    on the wire meet the 410; none is started after it."""
+    receiver.default_status = 410
+    settings = make_settings(delivery={"jitter": 0}, subscriber={"max_concurrency": 4})
+    recorded = asyncio.Event()
+    stop = asyncio.Event()
+    async with Service(settings, clock=clock, on_sent=lambda _: recorded.set()) as svc:
+        await queue_events(svc, sim, clock, 12)
+        runner = asyncio.create_task(svc.dispatcher.run(stop))
+        await recorded.wait()  # the first 410 is stored: the lane had all that time to go on
+        stop.set()
+        await runner  # the requests in flight end and are recorded
+        assert svc.dispatcher.active == []
+        views = await svc.store.list_deliveries()
+        health = (await svc.store.subscriber_health())["rx"]
+    assert len(receiver.requests) == 4
+    assert sum(v.attempts for v in views) == 4 and len(views) == 12
+    assert {v.state for v in views} == {DeliveryState.PENDING}  # kept for when it is back
+    assert health.reason == "the endpoint answered 410 Gone"

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from bridge.clock import FakeClock, SystemClock
+from bridge.clock import FakeClock
 from bridge.config import Settings
 from bridge.deliver.lanes import Lane, TokenBucket
 from bridge.models import Event
@@ -25,6 +25,7 @@ from tests.conftest import make_secret
 from tests.integration.helpers import RecordingReceiver
 
 ServerFactory = Callable[..., Any]
+STALL_S = 30.0  # real time without any progress before a lane counts as stuck
 
 
 def test_token_bucket() -> None:
@@ -138,11 +139,11 @@ async def test_rate_limit_is_honoured(
 
 
 async def test_a_hanging_subscriber_does_not_delay_a_healthy_one(
-    aiohttp_server: ServerFactory, tmp_path: Path
+    sim: Simulator, sim_url: str, aiohttp_server: ServerFactory, clock: FakeClock, tmp_path: Path
 ) -> None:
-    """Real time: the healthy receiver gets every event while the other one hangs."""
-    sim = Simulator(api_key="test-key", clock=SystemClock(), processing_s=1.0)
-    up: TestServer = await aiohttp_server(sim.make_app())
+    """The healthy receiver gets every event while the other one's requests hang. On the fake
+    clock, standing still: nothing falls due or times out meanwhile, only the receivers' answers
+    move things on; a wait for the next request fails only after `STALL_S` without one."""
     release = asyncio.Event()
     hung: list[str] = []
     slow_url = await serve_hanging(aiohttp_server, release, hung)
@@ -151,25 +152,26 @@ async def test_a_hanging_subscriber_does_not_delay_a_healthy_one(
         {"id": "slow", "url": slow_url, "events": ["denoise.*"]},
         {"id": "ok", "url": await serve(aiohttp_server, healthy), "events": ["denoise.*"]},
     ]
-    config = settings(
-        str(up.make_url("")).rstrip("/"), subs, tmp_path / "b", timeout_s=30, max_in_flight=8
-    )
-    async with running(config) as svc:
-        await svc.poller.tick()
-        sim.add_records(20, status="success")
-        await svc.poller.tick()
-        async with asyncio.timeout(10):
+    # `timeout_s` is real time in aiohttp: long past any wait here
+    config = settings(sim_url, subs, tmp_path / "b", timeout_s=3600, max_in_flight=8)
+    async with running(config, clock) as svc:
+        try:
+            await svc.poller.tick()
+            sim.add_records(20, status="success")
+            await svc.poller.tick()
             while len(healthy.requests) < 40:
-                await healthy.arrived.wait()
+                async with asyncio.timeout(STALL_S):  # no progress at all: the lane is stuck
+                    await healthy.arrived.wait()
                 healthy.arrived.clear()
-        assert len(hung) == 4  # the slow lane holds only its own max_concurrency slots
-        release.set()
+            assert len(hung) == 4  # the slow lane holds only its own max_concurrency slots
+        finally:
+            release.set()  # the hung requests end, so the dispatcher can stop
 
 
 @contextlib.asynccontextmanager
-async def running(config: Settings) -> AsyncIterator[Service]:
+async def running(config: Settings, clock: FakeClock) -> AsyncIterator[Service]:
     stop = asyncio.Event()
-    async with Service(config) as svc:
+    async with Service(config, clock=clock) as svc:
         runner = asyncio.create_task(svc.dispatcher.run(stop))
         try:
             yield svc
@@ -203,12 +205,14 @@ async def test_a_throttled_lane_keeps_its_pace_while_another_lane_waits_on_its_r
         stop = asyncio.Event()
         runner = asyncio.create_task(svc.dispatcher.run(stop))
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5
+        deadline = loop.time() + STALL_S  # moved on by every step the fake clock takes
         while len(paced.requests) < 4:
             assert loop.time() < deadline, f"'paced' stalled after {len(paced.requests)}"
+            assert clock.now() - t0 <= 3.5, f"'paced' slowed down after {len(paced.requests)}"
             wake = clock.next_wakeup_in()
             if wake is not None and wake <= 1.0:
                 await clock.advance(wake)
+                deadline = loop.time() + STALL_S
             else:
                 await asyncio.sleep(0.01)  # real I/O under way
         assert clock.now() - t0 <= 3.5  # one a second, from the first

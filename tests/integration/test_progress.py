@@ -5,18 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp.test_utils import TestServer
 from standardwebhooks.webhooks import Webhook
 
 from bridge.clock import FakeClock
 from bridge.config import Settings
-from bridge.detect.progress import _Last, progress_event_id, should_emit
-from bridge.models import event_id
+from bridge.detect.progress import (
+    ProgressWatcher,
+    _Last,
+    progress_event_id,
+    reopen_delay_s,
+    should_emit,
+)
+from bridge.models import RecordState, event_id
 from bridge.service import Service
 from bridge.upstream.simulator import Simulator
 from tests.integration.helpers import RecordingReceiver, settings_for
@@ -221,3 +229,163 @@ async def test_no_streams_when_disabled(
         await svc.poller.tick()
         assert svc.watcher is None
     assert not any("progress" in path for _, path, _ in sim.request_log)
+
+
+# ---- reopening: capped exponential backoff with jitter ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ends", "rand", "expected"),
+    [
+        (1, 0.0, 1.0),
+        (1, 0.999, 1.4995),
+        (2, 0.0, 2.0),
+        (3, 0.5, 5.0),
+        (6, 0.0, 32.0),
+        (7, 0.0, 60.0),
+        (7, 1.0, 90.0),
+        (5_000, 0.0, 60.0),
+        (10**9, 0.5, 75.0),
+    ],
+)
+def test_reopen_delay(ends: int, rand: float, expected: float) -> None:
+    assert reopen_delay_s(ends, rand) == pytest.approx(expected)
+
+
+class ClosingSource:
+    """A progress endpoint whose streams end at once (or after `open_s` of clock time),
+    without a message; it notes when each was opened."""
+
+    def __init__(self, clock: FakeClock, open_s: float = 0.0) -> None:
+        self.clock, self.open_s = clock, open_s
+        self.opens: dict[str, list[float]] = {}
+
+    async def progress(self, record_id: str) -> AsyncIterator[dict[str, Any]]:
+        self.opens.setdefault(record_id, []).append(self.clock.monotonic())
+        if self.open_s:
+            await self.clock.sleep(self.open_s)
+        messages: list[dict[str, Any]] = []  # none: the stream just ends
+        for message in messages:
+            yield message
+
+
+def watcher_of(source: Any, store: Any, clock: FakeClock, rand: Callable[[], float]) -> Any:
+    return ProgressWatcher(
+        source,
+        store,
+        subscribers=[],
+        max_streams=10,
+        clock=clock,
+        on_finished=lambda _: None,
+        on_event=lambda: None,
+        rand=rand,
+    )
+
+
+PENDING = [RecordState(f"rec-{i}", "pending", f"2026-01-01T00:00:0{i}Z") for i in range(3)]
+
+
+async def run_clock(clock: FakeClock, seconds: float) -> None:
+    """Jump from wake-up to wake-up (nothing here does real I/O) for `seconds`."""
+    end = clock.monotonic() + seconds
+    while clock.monotonic() < end:
+        for _ in range(5):
+            await asyncio.sleep(0)  # let the woken tasks run up to their next wait
+        wake = clock.next_wakeup_in()
+        assert wake is not None, "nothing waits on the clock"
+        await clock.advance(min(wake, end - clock.monotonic()))
+
+
+async def test_streams_closing_at_once_are_reopened_with_growing_capped_jittered_waits(
+    store: Any, clock: FakeClock
+) -> None:
+    source = ClosingSource(clock)
+    watcher = watcher_of(source, store, clock, random.Random(11).random)
+    watcher.update(PENDING)
+    await run_clock(clock, 900)
+    await watcher.close()
+
+    gaps = {rid: [b - a for a, b in itertools.pairwise(t)] for rid, t in source.opens.items()}
+    assert set(gaps) == {p.id for p in PENDING}
+    for waits in gaps.values():
+        assert 1.0 <= waits[0] < 1.5  # at least a second, never at once
+        growing = waits[:7]  # 1, 2, 4 … 32, then capped: each range is past the last one
+        assert all(b > a for a, b in itertools.pairwise(growing))
+        assert all(60.0 <= w <= 90.0 for w in waits[7:]) and len(waits) > 10
+        assert max(waits) <= 90.0
+    assert len({round(w[0], 6) for w in gaps.values()}) == 3  # jitter: each its own wait
+    first_10_s = sum(1 for t in source.opens.values() for at in t if at - t[0] <= 10.0)
+    assert first_10_s <= 12  # at most four opens per record in ten seconds
+
+
+async def test_a_stream_that_stayed_open_a_minute_starts_the_backoff_over(
+    store: Any, clock: FakeClock
+) -> None:
+    source = ClosingSource(clock, open_s=61.0)
+    watcher = watcher_of(source, store, clock, lambda: 0.0)
+    watcher.update(PENDING[:1])
+    await run_clock(clock, 400)
+    await watcher.close()
+    [opens] = source.opens.values()
+    waits = [b - a - 61.0 for a, b in itertools.pairwise(opens)]
+    assert waits and all(w == pytest.approx(1.0) for w in waits)
+
+
+async def test_a_crashed_stream_is_logged_with_its_traceback(store: Any, clock: FakeClock) -> None:
+    class Broken:
+        async def progress(self, record_id: str) -> AsyncIterator[dict[str, Any]]:
+            raise RuntimeError("boom")
+            yield {}
+
+    watcher = watcher_of(Broken(), store, clock, lambda: 0.5)
+    with structlog.testing.capture_logs() as logs:
+        watcher.update(PENDING[:1])
+        await settle(lambda: not watcher.watching)
+    [entry] = [e for e in logs if e["event"] == "progress stream crashed"]
+    assert isinstance(entry["exc_info"], RuntimeError) and entry["log_level"] == "error"
+    assert "error" not in entry  # the exception itself, not its repr
+
+
+async def test_percentages_that_are_not_ones_make_no_event(
+    store: Any, clock: FakeClock, secret: str
+) -> None:
+    class Odd:
+        async def progress(self, record_id: str) -> AsyncIterator[dict[str, Any]]:
+            for pct in (float("inf"), float("nan"), True, 1e308, -5, "50", None, 40.7):
+                yield {"stage": "processing", "pct": pct}
+            yield {"stage": "done"}
+
+    subscribers = settings_for(
+        "http://127.0.0.1:9", "http://127.0.0.1:9/hook", secret, Path("x.db"),
+        events=["denoise.progress"],
+    ).subscribers  # fmt: skip
+    finished: list[str] = []
+    watcher = ProgressWatcher(
+        Odd(),
+        store,
+        subscribers=subscribers,
+        max_streams=1,
+        clock=clock,
+        on_finished=finished.append,
+        on_event=lambda: None,
+    )
+    watcher.update(PENDING[:1])
+    await settle(lambda: bool(finished))
+    events = await store.list_events(limit=10)
+    assert [e.data["pct"] for e in events] == [40]
+
+
+async def test_three_pending_records_closing_cleanly_cost_a_few_opens_in_ten_seconds(
+    sim: Simulator, urls: tuple[str, str], clock: FakeClock, secret: str, tmp_path: Path
+) -> None:
+    """The issue's case end to end: the API closes every progress stream at once."""
+    sim.add_records(3, status="pending")
+    sim.poison([(b"", 1)], endpoint="progress", count=1000)
+    async with running(build(urls, secret, tmp_path), clock=clock, rand=lambda: 0.5) as svc:
+        await step(clock, 5, lambda: sim.poison_served >= 3)
+        start = clock.monotonic()
+        await step(clock, 11, lambda: clock.monotonic() - start >= 10.0, dt=0.1)
+        assert svc.watcher is not None and len(svc.watcher.watching) == 3
+    opens = [path for _, path, _ in sim.request_log if path.endswith("/progress")]
+    # 1.25, 2.5, 5 s apart: four opens each at most (it was 39 in all, reopened at once)
+    assert 9 <= len(opens) <= 12

@@ -16,6 +16,7 @@ from standardwebhooks.webhooks import Webhook
 
 from bridge.cli import main
 from tests.conftest import make_secret
+from tests.integration.leaks import SECRET_PARTS, TOKEN, GarbledReceiver, secret_url
 
 SECRET = make_secret(3)
 BODY = '{"id":"evt_1","type":"denoise.completed","data":{"id":"r1"}}'
@@ -132,7 +133,15 @@ def config(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "bridge.toml"
 
 
-def write_config(path: Path, port: int, fmt: str = "standard") -> None:
+def write_config(
+    path: Path,
+    port: int,
+    fmt: str = "standard",
+    *,
+    url: str | None = None,
+    private: bool = True,
+    previous: tuple[str, ...] = (),
+) -> None:
     path.write_text(
         f"""
 [upstream]
@@ -140,11 +149,12 @@ api_key = "k"
 [store]
 url = "sqlite:///{path.parent / "s.db"}"
 [delivery]
-allow_private_destinations = true
+allow_private_destinations = {"true" if private else "false"}
 [[subscribers]]
 id = "rx"
-url = "http://127.0.0.1:{port}/hook"
+url = "{url or f"http://127.0.0.1:{port}/hook"}"
 secret = "{SECRET}"
+previous_secrets = {json.dumps(list(previous))}
 format = "{fmt}"
 """
     )
@@ -180,3 +190,48 @@ def test_send_test_unknown_subscriber(config: Path, capsys: pytest.CaptureFixtur
     write_config(config, 9)
     assert main(["send-test", "nobody", "--config", str(config)]) == 2
     assert "no subscriber 'nobody' (known: rx)" in capsys.readouterr().err
+
+
+def test_send_test_signs_with_every_secret_during_rotation(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A receiver still holding a previous secret accepts the test event, as it does the
+    deliveries."""
+    previous = (make_secret(4), make_secret(5))
+    with ThreadedReceiver(200, "ok") as rx:
+        write_config(config, rx.port, previous=previous)
+        assert main(["send-test", "rx", "--config", str(config)]) == 0
+    [(headers, body)] = rx.requests
+    assert len(headers["webhook-signature"].split()) == 3
+    for secret in (SECRET, *previous):
+        assert Webhook(secret).verify(body, headers)["type"] == "bridge.test"
+
+
+def test_send_test_refuses_a_private_destination_unless_allowed(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with ThreadedReceiver(200, "ok") as rx:
+        write_config(config, rx.port, private=False)
+        assert main(["send-test", "rx", "--config", str(config)]) == 1
+    assert rx.requests == []
+    out = capsys.readouterr().out
+    assert out.startswith("rx: no response in ")
+    assert f"error: cannot connect to 127.0.0.1:{rx.port}: " in out
+    assert "destination 127.0.0.1 refused: loopback address" in out
+
+
+def test_send_test_output_shows_the_url_as_scheme_host_and_port_only(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A receiver answering bytes that are not HTTP, quoting the request line back: the
+    output names what happened without the URL's user-info, path or query."""
+    rx = GarbledReceiver()
+    with rx.threaded() as port:
+        write_config(config, port, url=secret_url(port))
+        assert main(["send-test", "rx", "--config", str(config)]) == 1
+    assert len(rx.request_lines) == 1
+    assert TOKEN.encode() in rx.request_lines[0]  # the bytes did quote it
+    out, err = capsys.readouterr()
+    assert "error: invalid HTTP answer: " in out and "you sent: POST <redacted> HTTP/1.1" in out
+    for secret in SECRET_PARTS:
+        assert secret not in out + err

@@ -12,6 +12,7 @@ from bridge.errors import StoreError
 from bridge.models import Attempt, DeliveryState, Event, RecordState
 from bridge.store.base import BASELINE_MARK, AttemptOutcome, ScanCommit
 from bridge.store.sqlite import MIGRATIONS, SqliteStore
+from bridge.store.sqlite_claim import LOST_ATTEMPT
 
 
 def event(n: int, rid: str = "r1", type_: str = "denoise.completed") -> Event:
@@ -208,7 +209,9 @@ async def test_a_batch_records_each_attempt_exactly_and_refuses_lost_leases(
     assert list(results) == [False, True, True]
     views = {v.id: v for v in await store.list_deliveries(subscriber="a")}
     assert views[held[0].id].state is DeliveryState.PENDING
-    assert views[held[0].id].history == ()
+    # the expired lease counted as an attempt (dated when it ran out); the late result did not
+    lost = Attempt(15.0, None, 0.0, LOST_ATTEMPT, "")
+    assert views[held[0].id].history == (lost,) and taken.attempts == 1
     assert views[held[1].id].state is DeliveryState.DELIVERED
     assert views[held[1].id].history == (second,)
     assert views[held[2].id].state is DeliveryState.FAILED
@@ -216,7 +219,7 @@ async def test_a_batch_records_each_attempt_exactly_and_refuses_lost_leases(
     # the new holder's result is recorded with the exact values it reported
     assert await store.finish_attempt(taken, first, AttemptOutcome(DeliveryState.PENDING, 40.5))
     [view] = [v for v in await store.list_deliveries(subscriber="a") if v.id == taken.id]
-    assert view.history == (first,) and view.next_attempt_at == 40.5
+    assert view.history == (lost, first) and view.next_attempt_at == 40.5
 
 
 async def test_lanes_are_claimed_each_up_to_its_room_however_many_there_are(
@@ -250,5 +253,9 @@ async def test_a_stale_copy_in_the_same_batch_as_the_lease_holder_is_refused(
     )
     assert list(results) == [False, True]
     [view] = await store.list_deliveries(subscriber="a")
-    assert view.state is DeliveryState.PENDING and view.attempts == 1
-    assert [a.status_code for a in view.history] == [500]
+    # the stale copy's run ended with no outcome recorded: counted once, by the second claim
+    assert view.state is DeliveryState.PENDING and view.attempts == 2
+    assert [(a.status_code, a.error) for a in view.history] == [
+        (None, LOST_ATTEMPT),
+        (500, "HTTP 500"),
+    ]

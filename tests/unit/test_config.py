@@ -111,6 +111,8 @@ BAD = [
     (BASE + "[delivery]\ndisable_after_s = 0\n", "delivery.disable_after_s: Input should be"),
     (BASE + '[admin]\nhost = "0.0.0.0"\n', "admin.token: required when admin.host"),
     (BASE + "[admin]\nport = 70000\n", "admin.port: Input should be less than or equal"),
+    (BASE + '[admin]\ntoken = "15-characters!!"\n', "admin.token: must be at least 16 characters"),
+    (BASE + '[admin]\nallowed_hosts = ["ok.example", "a b"]\n', "admin.allowed_hosts: item 1"),
     (BASE + '[log]\nlevel = "loud"\n', "log.level: Input should be"),
     (BASE + '[log]\nformat = "xml"\n', "log.format: Input should be"),
     (BASE + sub(secret='"abc"'), "subscribers[0].secret: must start with 'whsec_'"),
@@ -149,6 +151,15 @@ def test_check_exits_2_and_names_the_key(
 ) -> None:
     assert main(["check", "--config", str(write(tmp_path, text))]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_admin_token_of_16_characters_and_allowed_hosts_as_written(tmp_path: Path) -> None:
+    text = '[admin]\ntoken = "16-characters!!!"\nallowed_hosts = ["Bridge.Example.", "::1"]\n'
+    s = load_settings(write(tmp_path, BASE + text))
+    assert s.admin.token is not None and len(s.admin.token.get_secret_value()) == 16
+    # compared with the Host header lower-cased, without the trailing dot
+    assert s.admin.allowed_hosts == ["bridge.example", "::1"]
+    assert load_settings(write(tmp_path, BASE)).admin.allowed_hosts == []
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,11 +1,15 @@
-"""Retry policy: success classification, the schedule, jitter bounds, dead-lettering."""
+"""Retry policy: success classification, the schedule, jitter bounds, dead-lettering, and
+what an answer does to an endpoint's health."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from bridge.deliver.policy import decide, is_success, retry_delay_s
+from bridge.deliver.policy import decide, health_after, is_success, retry_delay_s
 from bridge.models import DeliveryState
+from bridge.store.base import SubscriberHealth
 
 SCHEDULE = [5.0, 300.0, 1800.0]
 
@@ -104,3 +108,41 @@ def test_disable_reason(code: int | None, failing_for: float, expected: str | No
     from bridge.deliver.policy import disable_reason
 
     assert disable_reason(code, failing_for_s=failing_for, limit_s=100.0) == expected
+
+
+GONE = "the endpoint answered 410 Gone"
+HEALTHY = SubscriberHealth()
+FAILING = SubscriberHealth(failing_since=50.0)
+PAUSED = SubscriberHealth(disabled_at=10.0, reason="disabled through the admin API")
+
+
+@pytest.mark.parametrize(
+    ("before", "code", "after"),
+    [
+        (HEALTHY, 200, HEALTHY),
+        (FAILING, 204, HEALTHY),
+        (HEALTHY, 500, SubscriberHealth(failing_since=120.0)),
+        (FAILING, None, FAILING),  # 70 s of failure, under the 100 s limit
+        (
+            SubscriberHealth(failing_since=20.0),
+            500,
+            SubscriberHealth(
+                failing_since=20.0,
+                disabled_at=120.0,
+                reason="failing continuously for 100 s (delivery.disable_after_s)",
+            ),
+        ),
+        (HEALTHY, 410, SubscriberHealth(failing_since=120.0, disabled_at=120.0, reason=GONE)),
+        # an operator's pause keeps its reason; a success clears only the failure run
+        (
+            PAUSED,
+            410,
+            SubscriberHealth(failing_since=120.0, disabled_at=10.0, reason=PAUSED.reason),
+        ),
+        (replace(PAUSED, failing_since=1.0), 200, PAUSED),
+    ],
+)
+def test_health_after_an_answer(
+    before: SubscriberHealth, code: int | None, after: SubscriberHealth
+) -> None:
+    assert health_after(before, code, now=120.0, limit_s=100.0) == after

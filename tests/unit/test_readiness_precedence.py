@@ -1,5 +1,6 @@
 """Readiness when several things are wrong at once: a rejected API key is the one reason
-about polling (not "no poll yet" or "too old"), and a store error is always reported too."""
+about polling (not "no poll yet" or "too old"), and a store error and failing components are
+always reported too, in that order."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import pytest
 
 from bridge.admin.health import readiness
 
-KEY = "upstream rejected the API key (401): API key rejected"
+KEY = "upstream rejected the API key (401)"
+WATCHER = "component watcher keeps failing: OSError (see the log)"
 
 
 @pytest.mark.parametrize(
@@ -23,6 +25,12 @@ KEY = "upstream rejected the API key (401): API key rejected"
             {"store_error": "disk I/O error", "last_success_at": 900.0},
             ["store unreachable: disk I/O error", "last successful poll 100 s ago (limit 90 s)"],
         ),
+        (
+            {"auth_failed": True, "store_error": "gone", "failing": {"watcher": "OSError: x"}},
+            ["store unreachable: gone", WATCHER, KEY],
+        ),
+        # a component failing makes the service not ready even when polls succeed
+        ({"failing": {"watcher": "OSError: x"}}, [WATCHER]),
     ],
 )
 def test_readiness_precedence(kwargs: dict[str, object], expected: list[str]) -> None:
@@ -31,7 +39,7 @@ def test_readiness_precedence(kwargs: dict[str, object], expected: list[str]) ->
         "store_error": None,
         "auth_failed": False,
         "last_success_at": 995.0,
-        "last_error": "API key rejected" if kwargs.get("auth_failed") else None,
+        "last_error_kind": "API key rejected (401)" if kwargs.get("auth_failed") else None,
         "interval_s": 30.0,
         **kwargs,
     }

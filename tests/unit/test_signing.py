@@ -40,4 +40,7 @@ def test_receiver_library_verifies_a_fresh_signature_over_unicode_body() -> None
 
 
 def test_signer_repr_hides_secrets() -> None:
-    assert "MfKQ9r8" not in repr(Signer([SecretStr(KEY)]))
+    """Only how many keys: neither a secret nor the key bytes it decodes to."""
+    assert repr(Signer([SecretStr(KEY)])) == "Signer(<1 secrets>)"
+    assert repr(Signer([SecretStr(KEY), SecretStr(KEY)])) == "Signer(<2 secrets>)"
+    assert str(Signer([])) == "Signer(<0 secrets>)"

@@ -1,0 +1,257 @@
+"""The delivery hot path on the SQLite store: claims (leases), batches of attempts, release.
+
+Plain functions of a connection, run by `SqliteStore` inside a write transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import structlog
+
+from bridge import jsontext
+from bridge.models import Attempt, Delivery, Event
+from bridge.store.base import AttemptOutcome
+
+log = structlog.get_logger("bridge.store")
+
+# per (subscriber, record), nothing goes while an earlier event is still pending (CROSS JOIN
+# keeps this order: from the record's few earlier events, never from the lane's many pending
+# deliveries)
+IN_ORDER = """
+    NOT EXISTS (
+        SELECT 1 FROM events pe CROSS JOIN deliveries p
+        WHERE pe.record_id = e.record_id AND pe.seq < d.event_seq
+        AND p.event_seq = pe.seq AND p.subscriber_id = d.subscriber_id AND p.state = 'pending'
+    )
+"""
+
+
+_CLAIMED = (
+    "SELECT json_group_array(json_array(d.id, d.subscriber_id, d.attempts, e.id, e.type,"
+    " e.record_id, printf('%!.17g', e.occurred_at), e.previous_status, e.data,"
+    " d.next_attempt_at, d.lease_until))"
+    " FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.id IN ({ids})"
+)
+_DUE = (
+    "SELECT d.id FROM deliveries d JOIN events e ON e.seq = d.event_seq"
+    " WHERE d.state = 'pending' AND d.next_attempt_at <= ?"
+    " AND (d.lease_until IS NULL OR d.lease_until <= ?)"
+    " AND d.subscriber_id IN ({subs}) AND " + IN_ORDER + " ORDER BY d.next_attempt_at, d.id LIMIT ?"
+)
+LANES_PER_CLAIM = 100  # lanes claimed for by one statement (SQLite allows 500 compound terms)
+
+# the attempt a claim records for a delivery whose earlier lease ran out with no outcome
+LOST_ATTEMPT = "no outcome recorded: the worker stopped or its lease expired mid-attempt"
+
+
+class Lost(NamedTuple):
+    """A claimed delivery whose lease ran out with no outcome: counted as an attempt."""
+
+    delivery_id: int
+    subscriber_id: str
+    event_id: str
+    attempt: int  # its number
+    dead: bool  # that was the last one: dead-lettered
+
+
+class Claimed(NamedTuple):
+    deliveries: list[Delivery]
+    lost: list[Lost]
+
+
+def claim(
+    conn: sqlite3.Connection,
+    subscribers: Sequence[str],
+    limit: int,
+    *,
+    now: float,
+    until: float,
+    token: str,
+    max_attempts: int,
+) -> Claimed:
+    """Lease up to `limit` due deliveries of `subscribers` (oldest due first, in order)."""
+    due = _DUE.format(subs=",".join("?" * len(subscribers)))
+    params = [now, now, *subscribers, limit]
+    return _lease(conn, due, params, now=now, until=until, token=token, max_attempts=max_attempts)
+
+
+def claim_lanes(
+    conn: sqlite3.Connection,
+    rooms: Sequence[tuple[str, int]],
+    *,
+    now: float,
+    until: float,
+    token: str,
+    max_attempts: int,
+) -> Claimed:
+    """`claim` for each subscriber up to its own room, many lanes to a statement."""
+    rooms = [(sub, room) for sub, room in rooms if room > 0]
+    claimed = Claimed([], [])
+    for start in range(0, len(rooms), LANES_PER_CLAIM):
+        chunk = rooms[start : start + LANES_PER_CLAIM]
+        due = " UNION ALL ".join(["SELECT * FROM (" + _DUE.format(subs="?") + ")"] * len(chunk))
+        params = [p for sub, room in chunk for p in (now, now, sub, room)]
+        got = _lease(
+            conn, due, params, now=now, until=until, token=token, max_attempts=max_attempts
+        )
+        claimed.deliveries.extend(got.deliveries)
+        claimed.lost.extend(got.lost)
+    return claimed
+
+
+def _lease(
+    conn: sqlite3.Connection,
+    due: str,
+    params: Sequence[Any],
+    *,
+    now: float,
+    until: float,
+    token: str,
+    max_attempts: int,
+) -> Claimed:
+    """Lease the deliveries `due` selects. The rows come back as one JSON array and the
+    leases are taken by one statement: a statement step per batch rather than per row, as
+    each step hands the interpreter lock back and forth with the event loop's thread.
+
+    A selected delivery that still has a lease (it ran out, or it would not be due) was
+    claimed and never finished nor released: its worker stopped or its lease expired
+    mid-attempt. That counts as an attempt, so a delivery that kills its worker cannot loop
+    forever: it is dead-lettered once it has had `max_attempts`."""
+    (found,) = conn.execute(_CLAIMED.format(ids=due), params).fetchone()
+    rows = sorted(jsontext.loads(found), key=lambda row: (row[9], row[0]))
+    lost: list[Lost] = []
+    if any(row[10] is not None for row in rows):
+        lost = _count_lost(conn, [row for row in rows if row[10] is not None], now, max_attempts)
+        dead = {item.delivery_id for item in lost if item.dead}
+        rows = [row for row in rows if row[0] not in dead]
+    if rows:
+        conn.execute(
+            "UPDATE deliveries SET lease_until = ?, lease_token = ?"
+            " WHERE id IN (SELECT value FROM json_each(?))",
+            (until, token, jsontext.dumps([row[0] for row in rows])),
+        )
+    deliveries = [
+        Delivery(
+            id=row[0],
+            subscriber_id=row[1],
+            attempts=row[2] + (row[10] is not None),
+            lease_token=token,
+            # the time as text: JSON numbers from SQLite keep only 15 digits
+            event=Event(row[3], row[4], row[5], float(row[6]), row[7], jsontext.loads(row[8])),
+        )
+        for row in rows
+    ]
+    return Claimed(deliveries, lost)
+
+
+def _count_lost(
+    conn: sqlite3.Connection, rows: Sequence[Sequence[Any]], now: float, max_attempts: int
+) -> list[Lost]:
+    """Record an attempt for each delivery whose lease ran out (dated when it ran out) and
+    dead-letter those that have had their last one."""
+    conn.execute(
+        "INSERT INTO attempts (delivery_id, attempted_at, status_code, latency_ms, error,"
+        " response_excerpt) SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
+        " NULL, 0.0, ?, '' FROM json_each(?)",
+        (LOST_ATTEMPT, jsontext.dumps([(row[0], row[10]) for row in rows])),
+    )
+    conn.execute(
+        "UPDATE deliveries SET attempts = attempts + 1, updated_at = ?,"
+        " state = CASE WHEN attempts + 1 >= ? THEN 'failed' ELSE state END,"
+        " next_attempt_at = CASE WHEN attempts + 1 >= ? THEN NULL ELSE next_attempt_at END,"
+        " lease_until = NULL, lease_token = NULL"
+        " WHERE id IN (SELECT value FROM json_each(?))",
+        (now, max_attempts, max_attempts, jsontext.dumps([row[0] for row in rows])),
+    )
+    return [Lost(row[0], row[1], row[3], row[2] + 1, row[2] + 1 >= max_attempts) for row in rows]
+
+
+def log_lost(lost: Sequence[Lost]) -> None:
+    """A line per delivery a claim found with no outcome, as the dispatcher logs attempts."""
+    for item in lost:
+        fields = {
+            "event_id": item.event_id,
+            "subscriber": item.subscriber_id,
+            "attempt": item.attempt,
+            "error": LOST_ATTEMPT,
+        }
+        if item.dead:
+            log.error("delivery failed for good (dead-lettered)", **fields)
+        else:
+            log.warning("delivery attempt failed, will retry", **fields)
+
+
+def next_due_at(conn: sqlite3.Connection, subscribers: Sequence[str]) -> float | None:
+    """When the earliest pending delivery of `subscribers` becomes claimable, if any."""
+    marks = ",".join("?" * len(subscribers))
+    (value,) = conn.execute(
+        "SELECT MIN(MAX(d.next_attempt_at, COALESCE(d.lease_until, 0)))"
+        " FROM deliveries d JOIN events e ON e.seq = d.event_seq"
+        f" WHERE d.state = 'pending' AND d.subscriber_id IN ({marks}) AND {IN_ORDER}",
+        list(subscribers),
+    ).fetchone()
+    return float(value) if value is not None else None
+
+
+def release(conn: sqlite3.Connection, delivery_id: int, token: str, now: float) -> bool:
+    cur = conn.execute(
+        "UPDATE deliveries SET lease_until = NULL, lease_token = NULL, next_attempt_at = ?,"
+        " updated_at = ? WHERE id = ? AND lease_token = ? AND state = 'pending'",
+        (now, now, delivery_id, token),
+    )
+    return cur.rowcount == 1
+
+
+def finish_attempts(
+    items: Sequence[tuple[Delivery, Attempt, AttemptOutcome]], conn: sqlite3.Connection
+) -> list[bool]:
+    """Record a batch of attempts and release their leases; False for each delivery whose
+    lease was lost (its attempt is not recorded). Two statements whatever the batch size."""
+    if len({d.id for d, _, _ in items}) < len(items):
+        # a stale copy of a delivery given out again: only the lease holder's copy may count
+        return [kept for item in items for kept in finish_attempts([item], conn)]
+    kept_ids = {
+        row[0]
+        for row in conn.execute(
+            "UPDATE deliveries SET state = json_extract(j.value, '$[1]'),"
+            " attempts = attempts + 1, next_attempt_at = json_extract(j.value, '$[2]'),"
+            " lease_until = NULL, lease_token = NULL, updated_at = json_extract(j.value, '$[3]')"
+            " FROM json_each(?) j WHERE deliveries.id = json_extract(j.value, '$[0]')"
+            " AND deliveries.lease_token = json_extract(j.value, '$[4]') RETURNING deliveries.id",
+            (
+                jsontext.dumps(
+                    [
+                        (d.id, o.state.value, o.next_attempt_at, a.attempted_at, d.lease_token)
+                        for d, a, o in items
+                    ]
+                ),
+            ),
+        ).fetchall()
+    }
+    if kept_ids:
+        conn.execute(
+            "INSERT INTO attempts (delivery_id, attempted_at, status_code, latency_ms, error,"
+            " response_excerpt) SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
+            " json_extract(value, '$[2]'), json_extract(value, '$[3]'),"
+            " json_extract(value, '$[4]'), json_extract(value, '$[5]') FROM json_each(?)",
+            (
+                jsontext.dumps(
+                    [
+                        (
+                            d.id,
+                            a.attempted_at,
+                            a.status_code,
+                            a.latency_ms,
+                            a.error,
+                            a.response_excerpt,
+                        )
+                        for d, a, _ in items
+                        if d.id in kept_ids
+                    ]
+                ),
+            ),
+        )
+    return [d.id in kept_ids for d, _, _ in items]
