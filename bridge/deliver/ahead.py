@@ -154,7 +154,10 @@ class Ahead:
             )
             self._dry.update(sid for sid, _ in rooms)
             retry_at = now + STORE_RETRY_S
-            self.due_at = retry_at if self.due_at is None else min(self.due_at, retry_at)
+            # a due time already passed is what led here: it must not make the next look
+            # claim again at once
+            keep = self.due_at is not None and now < self.due_at < retry_at
+            self.due_at = self.due_at if keep else retry_at
         finally:
             self._on_ready()
 

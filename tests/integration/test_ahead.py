@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from bridge.clock import FakeClock
-from bridge.deliver.ahead import IDLE_WAIT_S, Ahead
+from bridge.deliver.ahead import IDLE_WAIT_S, STORE_RETRY_S, Ahead
 from bridge.deliver.lanes import Lane, TokenBucket
 from bridge.models import DeliveryState, Event
 from bridge.service import Service
@@ -207,6 +207,27 @@ async def test_a_store_error_is_logged_and_retried_later(tmp_path: Path) -> None
     claim_at(ahead, 1.0, ["a"])
     await asyncio.wait_for(ahead.settle(), 5)
     assert wakes == [1] and ahead.dry and ahead.due_at == 6.0
+
+
+async def test_a_store_error_after_a_due_time_passed_still_waits_before_trying_again(
+    tmp_path: Path,
+) -> None:
+    """A lane dry until 50 whose claim at 50 fails waits `STORE_RETRY_S` from then: the
+    past due time must not make every following look a new claim (a loop of failing claims
+    as fast as the event loop turns, seen with the database file deleted under it)."""
+    store = SqliteStore(tmp_path / "b.db")
+    await store.open()
+    await queue_events(store, range(1), now=50.0)
+    ahead, _ = ahead_for(store, lane())
+    claim_at(ahead, 10.0, ["a"])
+    await ahead.settle()
+    assert ahead.dry and ahead.due_at == 50.0
+    await store.close()  # every query now fails with a StoreError
+    claim_at(ahead, 50.0, ["a"])
+    await asyncio.wait_for(ahead.settle(), 5)
+    assert ahead.dry and ahead.due_at == 50.0 + STORE_RETRY_S
+    claim_at(ahead, 51.0, ["a"])
+    assert not ahead.claiming
 
 
 async def test_stopping_the_dispatcher_hands_back_what_it_claimed_ahead(
