@@ -77,6 +77,11 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _shown(value: str) -> str:
+    """A value as an error may quote it: a URL without its user-info, path or query."""
+    return redact_url(value) if "://" in value else value
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -159,7 +164,8 @@ class StoreConfig(_Section):
     def _url(cls, value: str) -> str:
         if not value.startswith("sqlite:///") or value == "sqlite:///":
             raise ValueError(
-                f"must be sqlite:///relative/path or sqlite:////absolute/path, got {value!r}"
+                "must be sqlite:///relative/path or sqlite:////absolute/path, "
+                f"got {_shown(value)!r}"
             )
         return value
 

@@ -28,7 +28,7 @@ def _json_line(event_dict: Any, default: Callable[[Any], Any] | None = None) -> 
 def _redact_errors(_logger: Any, _name: str, event_dict: Any) -> Any:
     """Tracebacks and error texts carry exception messages, which may embed a webhook URL:
     cut every URL in them to scheme, host and port."""
-    for key in ("exception", "error"):
+    for key in ("exception", "error", "event"):
         value = event_dict.get(key)
         if isinstance(value, str) and "://" in value:
             event_dict[key] = redact_text(value)
@@ -63,3 +63,35 @@ def configure(
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=cache,
     )
+    _route_stdlib(out, _LEVELS[level], renderer)
+
+
+def _route_stdlib(out: TextIO, level: int, renderer: structlog.typing.Processor) -> None:
+    """What asyncio and aiohttp log through `logging` ("Task exception was never
+    retrieved", …) comes out as the same lines, redacted the same way; one handler of ours
+    on the root logger, replaced at each `configure` (other handlers are left alone)."""
+    global _handler
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.stdlib.add_logger_name,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            _redact_errors,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    if _handler is not None:
+        root.removeHandler(_handler)
+    root.addHandler(handler)
+    root.setLevel(max(level, logging.WARNING))  # libraries: their warnings and errors only
+    _handler = handler
+
+
+_handler: logging.Handler | None = None

@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote, urlsplit
 
-# scheme://authority (an IPv6 literal's brackets included), then the rest of the URL up to
-# white space, a quote or a parenthesis
-_URL = re.compile(r"(?i)\b([a-z][a-z0-9+.-]{0,15})://([^\s/?#'\"<>()]*)([^\s'\"<>()]*)")
+# scheme://authority (also JSON-escaped, `:\/\/`), then the rest of the URL: anything up to
+# white space, a double quote, `<`, `>` or a backtick. Parentheses and single quotes are legal
+# inside a URL, so they are taken too (cutting a little text after a URL loses nothing secret)
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*|):(?:\\?/){2}([^\s/\\?#\"<>`]*)([^\s\"<>`]*)")
+_TRAILING = re.compile(r"[')\].,;:!]{1,3}$")
 HIDDEN = "<redacted>"
 MIN_SECRET_CHARS = 4  # shorter parts of a URL ("/", "/x") are left in place: they hide nothing
 MIN_SEGMENT_CHARS = 8  # a path segment or query value this long is hidden on its own too
@@ -27,6 +29,7 @@ def redact_url(url: str) -> str:
 
 
 def _origin(scheme: str, authority: str) -> str:
+    scheme = scheme or "<scheme>"
     host = authority.rpartition("@")[2]  # user:password@ goes
     if not host:
         return f"{scheme.lower()}://<url>"
@@ -43,7 +46,14 @@ def _origin(scheme: str, authority: str) -> str:
 
 def redact_text(text: str) -> str:
     """`text` with every URL in it cut to its scheme, host and port."""
-    return _URL.sub(lambda m: _origin(m.group(1), m.group(2)), text)
+    return _URL.sub(_cut, text)
+
+
+def _cut(match: re.Match[str]) -> str:
+    """One URL as its origin, keeping the punctuation that closes it in the text around it
+    (`URL('…')`, `(see …).`): one quote or bracket hides nothing."""
+    trailing = _TRAILING.search(match.group(0))
+    return _origin(match.group(1), match.group(2)) + (trailing.group(0) if trailing else "")
 
 
 def _secret_parts(url: str) -> list[str]:
@@ -66,6 +76,7 @@ def _secret_parts(url: str) -> list[str]:
     pieces = [*parts.path.split("/"), *re.split("[&=;]", parts.query)]
     found += [piece for piece in pieces if len(piece) >= MIN_SEGMENT_CHARS]
     found += [unquote(part) for part in found]
+    found += [part.replace("/", "\\/") for part in found]  # as JSON may escape it
     return sorted({p for p in found if len(p) >= MIN_SECRET_CHARS}, key=len, reverse=True)
 
 

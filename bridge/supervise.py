@@ -57,6 +57,14 @@ class Supervisor:
                 self.failing.pop(name, None)
             try:
                 await task  # cancelling this supervisor cancels the component too
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # we are being cancelled: the component went with us
+                # the component was cancelled by something else (or raised the error
+                # itself): gone as surely as after a crash, so it starts again
+                failures += 1
+                error = "cancelled while the service was running"
             except Exception as exc:
                 failures += 1
                 error = describe(exc)
@@ -74,7 +82,7 @@ class Supervisor:
                 error=error,
                 failures=failures,
                 restart_in_s=round(delay, 2),
-                exc_info=task.exception() if not task.cancelled() else None,
+                exc_info=None if task.cancelled() else task.exception(),
             )
             self._on_restart(name)
             await sleep_or_event(self._clock, delay, self._stop)

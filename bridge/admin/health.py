@@ -39,7 +39,7 @@ def poll_error_kind(last_error: str | None) -> str | None:
         return "upstream unavailable (timeout)"
     if _FAILED.match(last_error):
         return "upstream unavailable (connection failed)"
-    if last_error.startswith(("store ", "cannot open store ")):
+    if last_error.startswith(("store ", "cannot open store ", "database file ")):
         return "store error (see the log)"
     if last_error.startswith("GET ") or last_error.startswith("record at offset "):
         return "upstream protocol error"

@@ -166,8 +166,12 @@ class Ahead:
         for delivery in stale:
             try:
                 await self._store.release(delivery, now=self._now())
-            except StoreError as exc:  # the lease runs out on its own
-                log.warning("cannot hand a delivery back", error=describe(exc))
+            except Exception as exc:  # the lease runs out on its own
+                log.warning(
+                    "cannot hand a delivery back",
+                    error=describe(exc),
+                    exc_info=not isinstance(exc, StoreError),  # a bug: its traceback helps
+                )
         self._on_ready()
 
     async def settle(self) -> None:

@@ -109,6 +109,8 @@ async def post(
         status_code=status,
         latency_ms=(time.perf_counter() - started) * 1000,
         error=None if error is None else scrub(error, sub.url)[:ERROR_CHARS],
-        response_excerpt=excerpt.decode("utf-8", "ignore"),
+        # the receiver's own text, but an answer may echo the request's URL (a framework's
+        # "Cannot POST /services/T…/B…/…" 404 page): its secret parts are hidden too
+        response_excerpt=scrub(excerpt.decode("utf-8", "ignore"), sub.url) if excerpt else "",
     )
     return attempt, retry_after_s

@@ -106,6 +106,12 @@ ROWS = [
     Row("store.retention_days", "0", "Input should be greater than 0"),
     # [store]
     Row("store.url", '"postgresql://db.example/bridge"', "must be sqlite:///relative/path"),
+    Row(
+        "store.url",
+        '"postgresql://bridge:S3cretPw@db.example/bridge?sslkey=K3Y"',
+        "got 'postgresql://db.example'",
+        hidden="S3cretPw",
+    ),
     Row("store.url", '"sqlite:///"', "must be sqlite:///relative/path"),
     Row("store.url", "5", "Input should be a valid string"),
     # [delivery]

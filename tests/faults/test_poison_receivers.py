@@ -69,6 +69,32 @@ def aiohttp_receiver(status: int, text: str, **headers: str) -> Any:
     return serve
 
 
+def echoing_receiver(*, json_escaped: bool) -> Any:
+    """A 404 page quoting the path and query it was sent to, as web frameworks' default
+    pages do (plain, or with JSON's escaped slashes)."""
+
+    @asynccontextmanager
+    async def serve(
+        aiohttp_server: ServerFactory, count: Counter
+    ) -> AsyncIterator[tuple[str, Callable[[], int]]]:
+        async def handle(request: web.Request) -> web.Response:
+            count.requests += 1
+            await request.read()
+            if json_escaped:
+                text = json.dumps({"error": f"no route {request.path_qs}"}).replace("/", "\\/")
+            else:
+                text = f"Cannot POST {request.path_qs}"
+            return web.Response(status=404, text=text)
+
+        app = web.Application()
+        app.router.add_post("/hooks/{token}/x", handle)
+        server: TestServer = await aiohttp_server(app)
+        assert server.port is not None
+        yield secret_url(server.port), lambda: count.requests
+
+    return serve
+
+
 def broken_render(event: Event, fmt: str) -> str:
     """The render port, failing for one subscriber's format (discord) and only that one."""
     if fmt == "discord":
@@ -94,6 +120,10 @@ class Row:
 ROWS = {
     "bytes that are not HTTP, quoting the request line": Row(
         garbled, None, r"invalid HTTP answer: .*not http; you sent: POST <redacted> HTTP/1\.1.*", 3
+    ),
+    "404 quoting the path and query": Row(echoing_receiver(json_escaped=False), 404, "HTTP 404", 3),
+    "404 quoting the path and query, JSON-escaped": Row(
+        echoing_receiver(json_escaped=True), 404, "HTTP 404", 3
     ),
     "503 with Retry-After: ²": Row(
         aiohttp_receiver(503, "busy", **{"Retry-After": "²"}), 503, "HTTP 503", 3

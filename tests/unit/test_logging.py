@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import logging
 
 import pytest
 import structlog
@@ -31,3 +33,25 @@ def test_a_logged_traceback_is_plain_and_redacted(fmt: str) -> None:
     # the last one is a local variable's value: locals never print
     for secret in (TOKEN, "QUERYSECRET", "user:pw", "frag", "API-KEY-IN-A-LOCAL-VARIABLE"):
         assert secret not in text, secret
+
+
+def test_what_libraries_log_comes_out_as_json_lines_redacted() -> None:
+    """asyncio's "Task exception was never retrieved" and aiohttp's own lines go through
+    the standard `logging` module: same format, same redaction."""
+    out = io.StringIO()
+    configure("info", "json", out)
+    try:
+        crash("key")
+    except RuntimeError as exc:
+        logging.getLogger("asyncio").error("Task exception was never retrieved", exc_info=exc)
+    logging.getLogger("aiohttp.access").info("POST %s 200", URL)  # chatter: dropped
+    logging.getLogger("aiohttp.client").warning("retrying %s", URL)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(e["level"], e["logger"]) for e in lines] == [
+        ("error", "asyncio"),
+        ("warning", "aiohttp.client"),
+    ]
+    assert "Traceback (most recent call last)" in lines[0]["exception"]
+    assert lines[1]["event"] == "retrying https://hooks.example:8443"
+    for secret in (TOKEN, "QUERYSECRET", "user:pw"):
+        assert secret not in out.getvalue()

@@ -77,6 +77,10 @@ def test_readiness(kwargs: dict[str, object], expected: list[str]) -> None:
         (f"record at offset 5: field 'id' is missing {SECRET}", "upstream protocol error"),
         (f"store /data/bridge.db: {SECRET}", "store error (see the log)"),
         (f"cannot open store /data/bridge.db: {SECRET}", "store error (see the log)"),
+        (
+            "database file /data/bridge.db was deleted or replaced while running; …",
+            "store error (see the log)",
+        ),
         (SECRET, "unexpected error (see the log)"),
         # a body that imitates a status line cannot change the kind
         (

@@ -52,6 +52,21 @@ TEXTS = [
         "no url here: Errno 111 [Connect call failed]",
     ),
     ("postgresql://bridge:pw@db:5432/bridge", "postgresql://db:5432"),
+    # characters legal inside a URL that once ended it early, leaving the rest in place
+    ("http://h/hook(abc)/SECRETTOKEN123", "http://h"),
+    ("https://user:pa'ss@h/TOKEN", "https://h"),
+    ("a https://h/a?token=ab'SECRET b", "a https://h b"),
+    # no word boundary before the scheme, however long the run of letters
+    ("url_https://h/SECRET", "url_https://h"),
+    ("éhttps://h/SECRET", "éhttps://h"),
+    ("a" * 40 + "https://h/SECRET", "a" * 40 + "https://h"),
+    # as JSON may write it
+    (
+        '{"u": "https:\\/\\/hooks.slack.com\\/services\\/T0\\/SECRET"}',
+        '{"u": "https://hooks.slack.com"}',
+    ),
+    ("HTTPS://Hooks.Example:443/a/b.", "https://hooks.example:443."),
+    ("URL('http://u:p@[::1]:81/x?y=z')", "URL('http://[::1]:81')"),
 ]
 
 

@@ -109,3 +109,46 @@ async def test_a_component_returning_early_is_restarted(clock: FakeClock) -> Non
     stop.set()
     await settle()
     assert task.done() and task.exception() is None
+
+
+async def test_a_component_cancelled_by_something_else_is_restarted(clock: FakeClock) -> None:
+    """A `CancelledError` the supervisor did not ask for (a future the component awaited was
+    cancelled elsewhere) must not end the component for good."""
+    stop = asyncio.Event()
+    starts = 0
+
+    async def awaits_a_cancelled_future() -> None:
+        nonlocal starts
+        starts += 1
+        if starts == 1:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            future.cancel()
+            await future
+        await stop.wait()
+
+    restarts: list[str] = []
+    sup = Supervisor(stop, clock=clock, failing={}, on_restart=restarts.append, rand=lambda: 0)
+    task = asyncio.create_task(sup.run("poller", awaits_a_cancelled_future))
+    await settle()
+    assert restarts == ["poller"] and not task.done()
+    await clock.advance(0.5)
+    assert starts == 2
+    stop.set()
+    await settle()
+    assert task.done() and not task.cancelled()
+
+
+async def test_cancelling_the_supervisor_cancels_the_component(clock: FakeClock) -> None:
+    stop = asyncio.Event()
+    started = asyncio.Event()
+
+    async def runs() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    sup = Supervisor(stop, clock=clock, failing={})
+    task = asyncio.create_task(sup.run("poller", runs))
+    await started.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
