@@ -8,6 +8,7 @@ answer or a command's output.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from urllib.parse import unquote, urlsplit
 
 # scheme://authority (also JSON-escaped, `:\/\/`), then the rest of the URL: anything up to
@@ -56,7 +57,8 @@ def _cut(match: re.Match[str]) -> str:
     return _origin(match.group(1), match.group(2)) + (trailing.group(0) if trailing else "")
 
 
-def _secret_parts(url: str) -> list[str]:
+@lru_cache(maxsize=1024)  # one entry per subscriber URL: worked out once, not per attempt
+def _secret_parts(url: str) -> tuple[str, ...]:
     """The parts of `url` that may hold a credential, as they may appear without it: path and
     query together and apart, fragment, user-info, long path segments and query values; raw
     and percent-decoded; longest first."""
@@ -72,12 +74,12 @@ def _secret_parts(url: str) -> list[str]:
             parts.password or "",
         ]
     except ValueError:
-        return []
+        return ()
     pieces = [*parts.path.split("/"), *re.split("[&=;]", parts.query)]
     found += [piece for piece in pieces if len(piece) >= MIN_SEGMENT_CHARS]
     found += [unquote(part) for part in found]
     found += [part.replace("/", "\\/") for part in found]  # as JSON may escape it
-    return sorted({p for p in found if len(p) >= MIN_SECRET_CHARS}, key=len, reverse=True)
+    return tuple(sorted({p for p in found if len(p) >= MIN_SECRET_CHARS}, key=len, reverse=True))
 
 
 def scrub(text: str, url: str) -> str:
