@@ -161,6 +161,7 @@ class Delivery:
     subscriber_id: str
     attempts: int
     lease_token: str
+    schedule_from: int = 0  # `attempts` when its retry schedule last (re)started
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +194,11 @@ class DeliveryView:
 
 @dataclass(frozen=True, slots=True)
 class Replayed:
-    """What a replay re-enqueued: how many stored events matched, how many deliveries go again."""
+    """What a replay re-enqueued: how many stored events matched, how many deliveries go again,
+    and why the others did not: events no (chosen) subscriber's `events` match, deliveries
+    that were pending already (left as they are)."""
 
     events: int
     deliveries: int
+    unmatched: int = 0
+    already_pending: int = 0

@@ -12,6 +12,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from bridge import __version__
 from bridge.clock import Clock, SystemClock
 from bridge.config import Settings
 from bridge.deliver.dispatcher import Dispatcher, Sent
@@ -21,6 +22,7 @@ from bridge.detect.progress import ProgressWatcher
 from bridge.errors import BridgeError, StoreError
 from bridge.metrics import Metrics
 from bridge.models import PROGRESS, DeliveryState
+from bridge.redact import redact_url
 from bridge.retention import Retention
 from bridge.store.base import Store
 from bridge.store.sqlite import SqliteStore
@@ -200,6 +202,7 @@ class Service:
         """Poll and deliver until `stop` is set; in-flight deliveries get `timeout_s` to end.
         Each component is supervised on its own: an unexpected error restarts that one."""
         admin = await self._start_admin() if self.settings.admin.enabled else None
+        self._log_summary()
         supervisor = Supervisor(
             stop,
             clock=self.clock,
@@ -221,6 +224,27 @@ class Service:
             if admin is not None:
                 await admin.cleanup()
         log.info("stopped cleanly")
+
+    def _log_summary(self) -> None:
+        """One line that says what this process works with: which config, store, upstream
+        and subscribers, where its admin server listens and what it does."""
+        settings = self.settings
+        config_path = getattr(settings, "config_path", None)
+        admin = settings.admin
+        log.info(
+            "munsit-bridge started",
+            version=__version__,
+            config=str(config_path) if config_path is not None else "(none: defaults and env)",
+            store=redact_url(settings.store.url)
+            if "://" in settings.store.url and not settings.store.url.startswith("sqlite:")
+            else str(settings.store.sqlite_path().absolute()),
+            upstream=settings.upstream.base_url,
+            accounts=["default"],
+            subscribers=[s.id for s in settings.subscribers],
+            admin=f"http://{admin.host}:{self.admin_port}" if admin.enabled else "off",
+            gateway="off",
+            role="leader",  # one process per SQLite file polls and delivers
+        )
 
     async def _start_admin(self) -> web.AppRunner:
         from bridge.admin.app import create_app

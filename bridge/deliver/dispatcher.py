@@ -308,7 +308,7 @@ class Dispatcher:
         sent()
         outcome = policy.decide(
             attempt.status_code,
-            attempts_done=attempt_no,
+            attempts_done=attempt_no - delivery.schedule_from,  # the schedule may restart
             now=self._clock.now(),
             schedule_s=self._config.retry_schedule_s,
             jitter=self._config.jitter,
@@ -337,6 +337,12 @@ class Dispatcher:
             log.info("delivered", **fields)
         elif outcome.state is DeliveryState.FAILED:
             log.error("delivery failed for good (dead-lettered)", error=attempt.error, **fields)
+        elif sub.id not in self._active:  # this answer (a 410) or another disabled it
+            log.warning(
+                "delivery attempt failed; it waits while the subscriber is disabled",
+                error=attempt.error,
+                **fields,
+            )
         else:
             retry_in = (outcome.next_attempt_at or 0) - self._clock.now()
             log.warning(

@@ -175,6 +175,15 @@ class Poller:
             committed.deliveries,
             result.truncated,
         )
+        if baseline:
+            log.warning(
+                "baseline recorded: the records already in the Munsit list are announced"
+                " (upstream.backfill = true)"
+                if self._upstream.backfill
+                else "baseline recorded: the records already in the Munsit list are noted, not"
+                " announced; only jobs created or changed from now on are (upstream.backfill)",
+                records=len(result.rows),
+            )
         log.info(
             "baseline recorded" if baseline else "poll",
             pages=result.pages,

@@ -32,7 +32,7 @@ IN_ORDER = """
 _CLAIMED = (
     "SELECT json_group_array(json_array(d.id, d.subscriber_id, d.attempts, e.id, e.type,"
     " e.record_id, printf('%!.17g', e.occurred_at), e.previous_status, e.data,"
-    " d.next_attempt_at, d.lease_until))"
+    " d.next_attempt_at, d.lease_until, d.schedule_from))"
     " FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.id IN ({ids})"
 )
 _DUE = (
@@ -138,6 +138,7 @@ def _lease(
             id=row[0],
             subscriber_id=row[1],
             attempts=row[2] + (row[10] is not None),
+            schedule_from=row[11],
             lease_token=token,
             # the time as text: JSON numbers from SQLite keep only 15 digits
             event=Event(row[3], row[4], row[5], float(row[6]), row[7], jsontext.loads(row[8])),
@@ -160,13 +161,17 @@ def _count_lost(
     )
     conn.execute(
         "UPDATE deliveries SET attempts = attempts + 1, updated_at = ?,"
-        " state = CASE WHEN attempts + 1 >= ? THEN 'failed' ELSE state END,"
-        " next_attempt_at = CASE WHEN attempts + 1 >= ? THEN NULL ELSE next_attempt_at END,"
+        " state = CASE WHEN attempts + 1 - schedule_from >= ? THEN 'failed' ELSE state END,"
+        " next_attempt_at = CASE WHEN attempts + 1 - schedule_from >= ? THEN NULL"
+        " ELSE next_attempt_at END,"
         " lease_until = NULL, lease_token = NULL"
         " WHERE id IN (SELECT value FROM json_each(?))",
         (now, max_attempts, max_attempts, jsontext.dumps([row[0] for row in rows])),
     )
-    return [Lost(row[0], row[1], row[3], row[2] + 1, row[2] + 1 >= max_attempts) for row in rows]
+    return [
+        Lost(row[0], row[1], row[3], row[2] + 1, row[2] + 1 - row[11] >= max_attempts)
+        for row in rows
+    ]
 
 
 def log_lost(lost: Sequence[Lost]) -> None:

@@ -105,8 +105,8 @@ def retry(conn: sqlite3.Connection, delivery_id: int, now: float) -> DeliverySta
     state = DeliveryState(row[0])
     if state is DeliveryState.FAILED:
         conn.execute(
-            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
-            " updated_at = ? WHERE id = ?",
+            "UPDATE deliveries SET state = 'pending', schedule_from = attempts,"
+            " next_attempt_at = ?, updated_at = ? WHERE id = ?",
             (now, now, delivery_id),
         )
     elif state is DeliveryState.PENDING:
@@ -133,7 +133,7 @@ def replay(
     if event_type is not None:
         where += " AND type = ?"
         params.append(event_type)
-    events = deliveries = 0
+    events = deliveries = unmatched = already_pending = 0
     last_seq = 0
     while True:
         rows = conn.execute(
@@ -141,10 +141,12 @@ def replay(
             [*params, last_seq, REPLAY_CHUNK],
         ).fetchall()
         if not rows:
-            return Replayed(events, deliveries)
+            return Replayed(events, deliveries, unmatched, already_pending)
         for seq, etype in rows:
             events += 1
-            for sub in targets(etype):
+            subs = targets(etype)
+            unmatched += not subs
+            for sub in subs:
                 cur = conn.execute(
                     "INSERT INTO deliveries (event_seq, subscriber_id, state, next_attempt_at,"
                     " created_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?)"
@@ -154,6 +156,7 @@ def replay(
                     (seq, sub, now, now, now),
                 )
                 deliveries += cur.rowcount
+                already_pending += 1 - cur.rowcount
         last_seq = rows[-1][0]
 
 

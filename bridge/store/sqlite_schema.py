@@ -126,6 +126,11 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))))
         ON CONFLICT (key) DO NOTHING;
     """,
+    # `attempts` counts every attempt a delivery ever had; a dead letter retried by an
+    # operator starts the retry schedule again from `schedule_from` (its attempts until then)
+    """
+    ALTER TABLE deliveries ADD COLUMN schedule_from INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 

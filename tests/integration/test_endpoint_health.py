@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
 
 from bridge.clock import FakeClock
 from bridge.config import Settings
@@ -72,8 +73,15 @@ async def test_410_disables_at_once_and_deliveries_wait_for_re_enabling(
     settings = make_settings(delivery={"jitter": 0})
     async with Service(settings, clock=clock) as svc:
         await queue_events(svc, sim, clock, 3)
-        await svc.dispatcher.drain_once()  # three in flight at once: the first answer is 410
+        with capture_logs() as logs:
+            await svc.dispatcher.drain_once()  # three in flight at once: the first is a 410
         assert svc.dispatcher.active == []
+        # the attempt that met the 410 waits for the subscriber; it is not "will retry"
+        said = [e["event"] for e in logs if e.get("status_code") == 410 or "disabled" in e["event"]]
+        assert said == [
+            "subscriber disabled",
+            "delivery attempt failed; it waits while the subscriber is disabled",
+        ]
         counts = await svc.store.count_deliveries()
         assert (counts[DeliveryState.PENDING], counts[DeliveryState.DELIVERED]) == (1, 2)
         health = (await svc.store.subscriber_health())["rx"]

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 from standardwebhooks.webhooks import Webhook
+from structlog.testing import capture_logs
 
 from bridge.clock import FakeClock
 from bridge.config import Settings
@@ -89,8 +90,12 @@ async def test_baseline_emits_nothing(
 ) -> None:
     sim.add_records(7, status="success")
     sim.add_records(2, status="pending")
-    result = await service.poller.tick()
+    with capture_logs() as logs:
+        result = await service.poller.tick()
     assert result.baseline and result.records_seen == 9
+    [warned] = [e for e in logs if e["log_level"] == "warning"]  # said, not silent
+    assert warned["event"].startswith("baseline recorded: the records already in the Munsit")
+    assert "not announced" in warned["event"] and warned["records"] == 9
     assert result.events == []
     assert await service.dispatcher.drain_once() == 0
     assert receiver.requests == []
