@@ -11,9 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import aiohttp
-
-from bridge import __version__
+from bridge import __version__, ops, preflight
 from bridge.config import Settings, load_settings, resolve_path
 from bridge.deliver.sendtest import send_test
 from bridge.deliver.verify import VerifyError, parse_header, verify
@@ -36,9 +34,14 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="poll Munsit and deliver webhooks until stopped")
     run.add_argument("--config", help="TOML file (default: $BRIDGE_CONFIG or ./bridge.toml)")
 
-    check = sub.add_parser("check", help="validate the configuration and open the store")
+    check = sub.add_parser(
+        "check", help="validate the configuration and look at the store (creates nothing)"
+    )
     check.add_argument("--config", help="TOML file (default: $BRIDGE_CONFIG or ./bridge.toml)")
     check.add_argument("--live", action="store_true", help="also call the Munsit list once")
+    check.add_argument(
+        "--send-test", action="store_true", help="also send bridge.test to every subscriber"
+    )
 
     sub.add_parser("demo", help="run the whole pipeline against the built-in simulator")
 
@@ -54,9 +57,22 @@ def _parser() -> argparse.ArgumentParser:
 
     ver = sub.add_parser("verify", help="verify a received webhook as a receiver would")
     ver.add_argument("--secret", required=True, help="the subscriber's whsec_ secret")
-    ver.add_argument("--body-file", required=True, help="the raw request body")
+    ver.add_argument("--body-file", required=True, help="the raw request body ('-': stdin)")
     ver.add_argument("--header", action="append", default=[], help="'name: value', once per header")
     ver.add_argument("--tolerance-s", type=float, default=300.0, help="timestamp tolerance")
+
+    stat = sub.add_parser("status", help="the bridge at a glance, from its store")
+    stat.add_argument("--config", help="TOML file (default: $BRIDGE_CONFIG or ./bridge.toml)")
+    stat.add_argument("--json", action="store_true", help="machine-readable output")
+
+    dels = sub.add_parser("deliveries", help="recent deliveries with their last attempt")
+    dels.add_argument("--state", help="pending, delivered, failed or orphaned")
+    dels.add_argument("--subscriber", help="only this subscriber's")
+    dels.add_argument("--limit", help="at most this many, newest first (default 100)")
+    dels.add_argument("--json", action="store_true", help="what GET /api/deliveries answers")
+    dels.add_argument("--config", help="TOML file (default: $BRIDGE_CONFIG or ./bridge.toml)")
+
+    sub.add_parser("secret", help="print a new whsec_ secret for a subscriber")
 
     sim = sub.add_parser("simulate", help="run the Munsit API simulator standalone")
     sim.add_argument("--host", default="127.0.0.1")
@@ -72,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run(args.config)
         if args.command == "check":
-            return _check(args.config, live=args.live)
+            return _check(args.config, live=args.live, send=args.send_test)
         if args.command == "demo":
             from bridge.demo import run_demo
 
@@ -83,6 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _replay(args.config, args.since, args.subscriber, args.type)
         if args.command == "verify":
             return _verify(args.secret, args.body_file, args.header, args.tolerance_s)
+        if args.command == "status":
+            return _status(args.config, as_json=args.json)
+        if args.command == "deliveries":
+            return _deliveries(args)
+        if args.command == "secret":
+            print(ops.new_secret())
+            return EXIT_OK
         if args.command == "simulate":
             return _simulate(args.host, args.port, args.api_key, args.jobs)
     except KeyboardInterrupt:
@@ -121,45 +144,57 @@ async def _serve(settings: Settings) -> None:
         await service.run(stop)
 
 
-def _check(config: str | None, *, live: bool) -> int:
+def _check(config: str | None, *, live: bool, send: bool) -> int:
     try:
         settings = _load(config)
     except ConfigError as exc:
         print(f"munsit-bridge: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        asyncio.run(_check_async(settings, live=live))
+        ok = asyncio.run(
+            preflight.check(settings, ops.store_path(settings), live=live, send=send, emit=_say)
+        )
     except BridgeError as exc:
         print(f"munsit-bridge: {exc}", file=sys.stderr)
         return EXIT_FATAL
-    subs = ", ".join(s.id for s in settings.subscribers) or "none"
-    print(f"config ok: store {settings.store.url}, subscribers: {subs}")
-    if live:
-        print(f"upstream ok: {settings.upstream.base_url} accepted the API key")
+    return EXIT_OK if ok else EXIT_FATAL
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _status(config: str | None, *, as_json: bool) -> int:
+    try:
+        settings = _load(config)
+    except ConfigError as exc:
+        print(f"munsit-bridge: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        report = asyncio.run(ops.status(settings))
+    except BridgeError as exc:
+        print(f"munsit-bridge: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    print(json.dumps(report, indent=2) if as_json else "\n".join(ops.status_text(report)))
     return EXIT_OK
 
 
-async def _check_async(settings: Settings, *, live: bool) -> None:
-    store = build_store(settings)
-    await store.open()
-    await store.close()
-    if not live:
-        return
-    from bridge.clock import SystemClock
-    from bridge.upstream.client import MunsitClient
-
-    clock = SystemClock()
-    async with aiohttp.ClientSession() as session:
-        client = MunsitClient(
-            session,
-            base_url=settings.upstream.base_url,
-            api_key=settings.upstream.api_key,
-            timeout_s=settings.upstream.request_timeout_s,
-            sleep=clock.sleep,
-            now=clock.now,
-            max_attempts=2,
+def _deliveries(args: argparse.Namespace) -> int:
+    try:
+        state, limit = ops.parse_state(args.state), ops.parse_limit(args.limit)
+        settings = _load(args.config)
+    except (RequestError, ConfigError) as exc:
+        print(f"munsit-bridge: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        page = asyncio.run(
+            ops.deliveries(settings, state=state, subscriber=args.subscriber, limit=limit)
         )
-        await client.list_page(0, 1)
+    except BridgeError as exc:
+        print(f"munsit-bridge: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    print(json.dumps(page, indent=2) if args.json else "\n".join(ops.deliveries_table(page)))
+    return EXIT_OK
 
 
 def _simulate(host: str, port: int, api_key: str, jobs: int) -> int:
@@ -171,9 +206,11 @@ def _simulate(host: str, port: int, api_key: str, jobs: int) -> int:
 
 def _verify(secret: str, body_file: str, header_lines: list[str], tolerance_s: float) -> int:
     try:
-        body = Path(body_file).read_bytes().decode("utf-8")
+        raw = sys.stdin.buffer.read() if body_file == "-" else Path(body_file).read_bytes()
+        body = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        print(f"invalid: cannot read body file {body_file}: {exc}", file=sys.stderr)
+        where = "standard input" if body_file == "-" else f"body file {body_file}"
+        print(f"invalid: cannot read {where}: {exc}", file=sys.stderr)
         return EXIT_FATAL
     try:
         headers = dict(parse_header(line) for line in header_lines)
@@ -222,10 +259,9 @@ def _replay(config: str | None, since: str, subscriber: str | None, event_type: 
     except BridgeError as exc:
         print(f"munsit-bridge: {exc}", file=sys.stderr)
         return EXIT_FATAL
-    print(
-        f"replayed {result.events} stored events: {result.deliveries} deliveries queued "
-        "(a running bridge sends them within a minute)"
-    )
+    from bridge.replay import summary
+
+    print(summary(result, subscriber))
     return EXIT_OK
 
 

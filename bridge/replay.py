@@ -50,3 +50,18 @@ async def replay(
         targets=lambda etype: route(etype, chosen),
         now=now,
     )
+
+
+def summary(result: Replayed, subscriber: str | None) -> str:
+    """One line for people: what was queued and why the other events went nowhere."""
+    parts = [f"replayed {result.events} stored events: {result.deliveries} deliveries queued"]
+    if result.already_pending:
+        parts.append(f"{result.already_pending} deliveries already pending (left as they are)")
+    if result.unmatched and subscriber:
+        parts.append(f"{result.unmatched} events match none of subscriber {subscriber}'s events")
+    elif result.unmatched:
+        parts.append(f"{result.unmatched} events match no subscriber's events")
+    text = "; ".join(parts)
+    if result.deliveries:
+        text += " (a running bridge sends them within a minute)"
+    return text

@@ -229,7 +229,7 @@ class Service:
         """One line that says what this process works with: which config, store, upstream
         and subscribers, where its admin server listens and what it does."""
         settings = self.settings
-        config_path = getattr(settings, "config_path", None)
+        config_path = settings.config_path
         admin = settings.admin
         log.info(
             "munsit-bridge started",

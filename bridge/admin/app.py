@@ -154,6 +154,13 @@ def _event_type(raw: str | None) -> str | None:
     return raw
 
 
+def _not_empty(raw: Any, key: str) -> Any:
+    """A JSON body names a filter or leaves it out (null): an empty string is a mistake."""
+    if raw == "":
+        raise RequestError(f"{key}: must not be empty (leave it out or null for all)")
+    return raw
+
+
 def _subscriber(request: web.Request) -> Any:
     service = request.app[SERVICE]
     sid = request.match_info["id"]
@@ -309,7 +316,7 @@ async def post_replay(request: web.Request) -> web.Response:
         service.settings.subscribers,
         since=parse_since(body["since"]),
         subscriber=subscriber,
-        event_type=_event_type(body.get("type")),
+        event_type=_event_type(_not_empty(body.get("type"), "type")),
         now=service.clock.now(),
     )
     service.dispatcher.wake()

@@ -21,7 +21,7 @@ import pytest
 from pydantic import BaseModel
 
 from bridge.cli import main
-from bridge.config import Settings
+from bridge.config import PUBLIC_EXAMPLE_SECRET, Settings
 from tests.conftest import make_secret
 
 # distinctive values, so that a leak into the output is detectable
@@ -60,6 +60,7 @@ class Row:
     value: str | None  # a TOML literal; None removes the key
     reason: str  # what the message says is wrong
     hidden: str = ""  # part of the bad value that is a secret: never in the output
+    drop: str = ""  # a key of the same table removed too (another source of the same secret)
 
     @property
     def id(self) -> str:
@@ -70,6 +71,7 @@ def with_row(tmp_path: Path, row: Row) -> str:
     tables = base_tables(tmp_path)
     section, _, key = row.key.rpartition(".")
     values = tables.setdefault(section, {})
+    values.pop(row.drop, None)
     if row.value is None:
         del values[key]
     else:
@@ -139,6 +141,12 @@ ROWS = [
         "must be at least 16 characters",
         hidden="tok-5521-short",
     ),
+    Row(
+        "admin.token_file",
+        '"secrets/admin-token"',
+        "cannot read {dir}/secrets/admin-token (No such file or directory)",
+    ),
+    Row("admin.token_file", '"/etc"', "cannot read /etc (Is a directory)"),
     Row("admin.allowed_hosts", '["bridge.example", "not a host!"]', "item 1: must be a host name"),
     Row("admin.allowed_hosts", '"bridge.example"', "Input should be a valid list"),
     Row(
@@ -185,6 +193,51 @@ ROWS = [
         f'"{OTHER_SECRET}"',
         "Input should be a valid list",
         hidden=OTHER_SECRET,
+    ),
+    Row(
+        "subscribers[0].secret",
+        f'"{PUBLIC_EXAMPLE_SECRET}"',
+        "subscriber 'ops' uses the public example secret of the Standard Webhooks specification",
+    ),
+    Row(
+        "subscribers[0].previous_secrets",
+        f'["{OTHER_SECRET}", "{PUBLIC_EXAMPLE_SECRET}"]',
+        "item 1 subscriber 'ops' uses the public example secret",
+    ),
+    Row(
+        "subscribers[0].secret_env",
+        '"MATRIX_UNSET_SECRET"',
+        "environment variable MATRIX_UNSET_SECRET is not set",
+        drop="secret",
+    ),
+    Row("subscribers[0].secret_env", '"MATRIX_UNSET_SECRET"', "cannot be combined with secret"),
+    Row("subscribers[0].secret_env", "7", "must be a string", drop="secret"),
+    Row(
+        "subscribers[0].secret_file",
+        '"no-such-secret"',
+        "cannot read {dir}/no-such-secret (No such file or directory)",
+        drop="secret",
+    ),
+    Row("subscribers[0].secret_file", '"/etc/hostname"', "cannot be combined with secret"),
+    Row(
+        "subscribers[0].previous_secrets_env",
+        '["MATRIX_UNSET_OLD"]',
+        "item 0: environment variable MATRIX_UNSET_OLD is not set",
+    ),
+    Row(
+        "subscribers[0].previous_secrets_env",
+        '"MATRIX_OLD"',
+        "must be a list of strings",
+    ),
+    Row(
+        "subscribers[0].previous_secrets_file",
+        '["/nonexistent/old-secret"]',
+        "item 0: cannot read /nonexistent/old-secret (No such file or directory)",
+    ),
+    Row(
+        "subscribers[0].previous_secrets_file",
+        f'["/etc/hostname"]\nprevious_secrets = ["{OTHER_SECRET}"]',
+        "cannot be combined with previous_secrets",
     ),
     Row("subscribers[0].events", '["denoise.*", "bridge.tested"]', "unknown event type"),
     Row("subscribers[0].events", '"denoise.completed"', "Input should be a valid list"),
@@ -272,7 +325,7 @@ def test_the_base_configuration_passes(tmp_path: Path, capsys: pytest.CaptureFix
     code, output = check(write(tmp_path, render(base_tables(tmp_path))), capsys)
     assert code == 0, output
     assert "config ok" in output
-    assert (tmp_path / "state" / "bridge.db").exists()
+    assert f"store: {tmp_path / 'state' / 'bridge.db'}" in output
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[row.id for row in ROWS])
@@ -285,7 +338,8 @@ def test_bad_value_exits_2_and_names_the_key(
     assert lines, output
     # every problem reported is about this key, and one of them says what is wrong with it
     assert all(names_key(line, row.key) for line in lines), lines
-    assert any(row.reason in line for line in lines), lines
+    reason = row.reason.format(dir=tmp_path)  # relative paths: beside the config file
+    assert any(reason in line for line in lines), lines
     assert_no_secret(output, row.hidden)
     assert not (tmp_path / "state").exists()  # a bad configuration never touches the store
 
@@ -391,7 +445,21 @@ ENV_ROWS = [
         "env-key-7731",
     ),
     ("bridge_delivery__jitter", "2", "delivery.jitter", "less than 1", ""),
-    ("BRIDGE_UPSTREAM__COLOUR", "red", "upstream.colour", "unknown key", ""),
+    (
+        "BRIDGE_SUBSCRIBERS",
+        f'[{{"id": "env-sub", "url": "https://example.com/h", "colour": 1, "secret": "{SECRET}"}}]',
+        "subscribers[0].colour",
+        "unknown key",
+        "",
+    ),
+    (
+        "BRIDGE_SUBSCRIBERS",
+        '[{"id": "env-sub", "url": "https://example.com/h", "secret_env": "MATRIX_UNSET"}]',
+        "subscribers[0].secret_env",
+        "environment variable MATRIX_UNSET is not set",
+        "",
+    ),
+    ("BRIDGE_ADMIN__TOKEN_FILE", "/nonexistent/tok", "admin.token_file", "cannot read", ""),
     (
         "BRIDGE_DELIVERY__RETRY_SCHEDULE_S",
         "[5, -1]",
@@ -447,6 +515,8 @@ def test_bad_env_override_exits_2_and_names_the_key(
     lines = problem_lines(output)
     assert all(names_key(line, key) for line in lines), lines
     assert any(reason in line for line in lines), lines
+    # and the variable the value came from, not only the key
+    assert all(variable in line for line in lines), lines
     assert_no_secret(output, hidden)
 
 

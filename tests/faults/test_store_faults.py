@@ -377,7 +377,15 @@ def test_file_size_limit_fails_the_write_and_loses_nothing(tmp_path: Path) -> No
     assert integrity(path) == "ok"
 
 
-def test_check_reports_a_full_disk_when_creating_the_store(tmp_path: Path) -> None:
+async def open_and_close(path: Path) -> None:
+    store = SqliteStore(path, exclusive=True)
+    await store.open()
+    await store.close()
+
+
+def test_run_reports_a_full_disk_when_creating_the_store(tmp_path: Path) -> None:
+    """`run` creates the store (`check` creates nothing): a full disk then is a clear error,
+    and once there is space again the store is created whole over what was left."""
     path = tmp_path / "state" / "b.db"
     cfg = config(tmp_path, path)
     launch = (
@@ -387,7 +395,7 @@ def test_check_reports_a_full_disk_when_creating_the_store(tmp_path: Path) -> No
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "MUNSIT_"))}
     result = subprocess.run(
-        [sys.executable, "-c", launch, "check", "--config", str(cfg)],
+        [sys.executable, "-c", launch, "run", "--config", str(cfg)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -398,16 +406,8 @@ def test_check_reports_a_full_disk_when_creating_the_store(tmp_path: Path) -> No
     assert f"munsit-bridge: cannot open store {path}: " in result.stderr
     assert "disk I/O error while writing (is the disk full?)" in result.stderr
     assert "Traceback" not in result.stderr
-    # space again: check creates the whole schema over whatever the failed attempt left
-    ok = subprocess.run(
-        [sys.executable, "-m", "bridge", "check", "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-    )
-    assert ok.returncode == 0, ok.stderr
+    # space again: the store is created whole over whatever the failed attempt left
+    asyncio.run(open_and_close(path))
     assert integrity(path) == "ok"
     after = snapshot(path)
     assert {t: rows for t, rows in after.items() if t != "meta"} == {

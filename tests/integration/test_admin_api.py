@@ -827,6 +827,7 @@ async def test_replay_reaches_a_subscriber_added_after_the_events(world: World) 
         (b"\xff\xfe", 400, ("body", "not JSON")),
         (b"[" * 100_000, 400, ("body", "not JSON")),  # nested past the parser's recursion
         (b'{"since": "2026-01-01", "subscriber": "nobody"}', 404, ("subscriber", "'nobody'")),
+        (b'{"since": "2026-01-01", "type": ""}', 400, ("type", "must not be empty")),
     ],
 )
 async def test_replay_bad_requests(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +18,7 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
 from bridge.cli import main
+from bridge.config import check_secret
 from tests.conftest import make_secret
 from tests.integration.leaks import SECRET_PARTS, TOKEN, GarbledReceiver, secret_url
 
@@ -235,3 +239,31 @@ def test_send_test_output_shows_the_url_as_scheme_host_and_port_only(
     assert "error: invalid HTTP answer: " in out and "you sent: POST <redacted> HTTP/1.1" in out
     for secret in SECRET_PARTS:
         assert secret not in out + err
+
+
+def test_verify_reads_the_body_from_stdin() -> None:
+    """`--body-file -`: the body piped in, as a receiver's shell script would."""
+
+    def verify_stdin(body: str, headers: list[str]) -> subprocess.CompletedProcess[str]:
+        args = [sys.executable, "-m", "bridge", "verify", "--secret", SECRET, "--body-file", "-"]
+        for header in headers:
+            args += ["--header", header]
+        return subprocess.run(
+            args, input=body, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    good = verify_stdin(BODY, signed())
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.startswith("valid") and '"id": "r1"' in good.stdout
+    tampered = verify_stdin(BODY.replace("r1", "r2"), signed())
+    assert tampered.returncode == 1 and "bad signature" in tampered.stderr
+
+
+def test_secret_prints_a_new_valid_secret(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["secret"]) == 0
+    first = capsys.readouterr().out.strip()
+    assert main(["secret"]) == 0
+    second = capsys.readouterr().out.strip()
+    assert check_secret(first) == first and check_secret(second) == second
+    assert len(base64.b64decode(first.removeprefix("whsec_"))) == 32
+    assert first != second

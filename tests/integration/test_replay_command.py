@@ -124,3 +124,53 @@ def test_replay_refuses_bad_parameters(
     config = write_config(tmp_path / "bridge.toml", "http://127.0.0.1:9", "http://x/hook", secret)
     assert main(["replay", *extra, "--config", str(config)]) == 2
     assert message in capsys.readouterr().err
+
+
+async def test_replay_says_why_events_went_nowhere(
+    aiohttp_server: ServerFactory,
+    tmp_path: Path,
+    secret: str,
+    clock: FakeClock,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sim = Simulator(api_key="test-key", clock=clock)
+    sim.add_records(2, status="success")
+    receiver = RecordingReceiver()
+    sim_server: TestServer = await aiohttp_server(sim.make_app())
+    rx_server: TestServer = await aiohttp_server(receiver.app())
+    config = write_config(
+        tmp_path / "bridge.toml",
+        str(sim_server.make_url("")).rstrip("/"),
+        str(rx_server.make_url("/hook")),
+        secret,
+    )
+    async with Service(load_settings(config), clock=clock) as svc:
+        await svc.poller.tick()  # backfill: created + completed for both records
+        await drive(clock, svc.dispatcher.drain_once())  # rx's four delivered; late is paused
+    args = ["replay", "--since", iso_utc(clock.now() - 60), "--config", str(config)]
+
+    assert await replay_cli(*args, "--subscriber", "late") == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "replayed 4 stored events: 0 deliveries queued; 2 deliveries already pending"
+        " (left as they are); 2 events match none of subscriber late's events"
+    )
+    assert await replay_cli(*args) == 0
+    assert (
+        capsys.readouterr()
+        .out.splitlines()[-1]
+        .startswith(
+            "replayed 4 stored events: 4 deliveries queued; 2 deliveries already pending"
+            " (left as they are) (a running bridge sends them"
+        )
+    )
+    # rx now takes only completed events: the created ones go to nobody
+    config.write_text(config.read_text().replace('["denoise.*"]', '["denoise.completed"]'))
+    assert await replay_cli(*args) == 0
+    assert (
+        capsys.readouterr()
+        .out.splitlines()[-1]
+        .startswith(
+            "replayed 4 stored events: 0 deliveries queued; 4 deliveries already pending"
+            " (left as they are); 2 events match no subscriber's events"
+        )
+    )

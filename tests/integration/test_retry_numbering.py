@@ -3,7 +3,7 @@ go on (a log that says `attempt=1` again hides the history)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ async def test_a_retried_dead_letter_gets_a_new_schedule_and_keeps_counting(
         delivery={"retry_schedule_s": [10], "jitter": 0},
     )
 
-    async def attempt(advance_s: float) -> list[dict[str, Any]]:
+    async def attempt(advance_s: float) -> list[MutableMapping[str, Any]]:
         await clock.advance(advance_s)
         with capture_logs() as logs:
             assert await svc.dispatcher.drain_once() == 1

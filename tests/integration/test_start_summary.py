@@ -27,6 +27,7 @@ async def test_one_summary_line_at_start(tmp_path: Path, clock: FakeClock, secre
             await svc.run(stop)
     [line] = [e for e in logs if e["event"] == "munsit-bridge started"]
     assert line["version"] == __version__
+    assert line["config"] == "(none: defaults and env)"  # settings built without a file
     assert line["store"] == str(tmp_path / "b.db") and Path(line["store"]).is_absolute()
     assert line["upstream"] == "http://127.0.0.1:9/api/v1"
     assert line["subscribers"] == ["rx"] and line["accounts"] == ["default"]

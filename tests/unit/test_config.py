@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from bridge.cli import main
-from bridge.config import load_settings
+from bridge.config import PUBLIC_EXAMPLE_SECRET, load_settings
 from bridge.errors import ConfigError
 from tests.conftest import make_secret
 
@@ -84,11 +85,40 @@ def test_bridge_env_key_wins_over_munsit_api_key(
     assert load_settings(write(tmp_path, "")).upstream.api_key.get_secret_value() == "specific"
 
 
-def test_store_path_relative_to_working_directory(tmp_path: Path) -> None:
-    s = load_settings(write(tmp_path, BASE))
-    assert s.store.sqlite_path(tmp_path) == tmp_path / "data" / "bridge.db"
-    s = load_settings(write(tmp_path, BASE + '[store]\nurl = "sqlite:////var/x.db"\n'))
-    assert s.store.sqlite_path(tmp_path) == Path("/var/x.db")
+def test_relative_store_path_is_beside_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, elsewhere = tmp_path / "srv", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    write(home, BASE)
+    monkeypatch.chdir(elsewhere)
+    s = load_settings(Path("../srv/bridge.toml"))  # as `--config` may give it: relative
+    assert s.config_path == home / "bridge.toml"
+    assert s.store.sqlite_path() == home / "data" / "bridge.db"
+    assert s.store.url == "sqlite:///data/bridge.db"  # the setting itself is as written
+    s = load_settings(write(home, BASE + '[store]\nurl = "sqlite:////var/x.db"\n'))
+    assert s.store.sqlite_path() == Path("/var/x.db")
+
+
+def test_without_a_file_the_store_is_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MUNSIT_API_KEY", "k")
+    s = load_settings(None)
+    assert s.config_path is None
+    assert s.store.sqlite_path() == tmp_path / "data" / "bridge.db"
+
+
+def test_config_path_is_not_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, "config_path = '/etc/x.toml'\n" + BASE))
+    assert info.value.problems == ["config_path: unknown key"]
+    monkeypatch.setenv("BRIDGE_CONFIG_PATH", "/etc/x.toml")
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, BASE))
+    assert info.value.problems[0].startswith("BRIDGE_CONFIG_PATH: no such setting")
 
 
 BAD = [
@@ -176,12 +206,12 @@ def test_secrets_never_in_errors_or_repr(tmp_path: Path) -> None:
     assert bad not in str(info.value)
 
 
-def test_check_ok_opens_the_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_ok_names_the_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "state" / "b.db"
     path = write(tmp_path, BASE + f'[store]\nurl = "sqlite:///{db}"\n' + sub())
     assert main(["check", "--config", str(path)]) == 0
-    assert db.exists()
-    assert "config ok" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "config ok" in out and f"store: {db}" in out
 
 
 def test_check_reports_an_unusable_store(
@@ -201,9 +231,22 @@ def test_example_config_is_valid_and_documents_every_key(
 
     example = Path(__file__).parents[2] / "config" / "bridge.example.toml"
     monkeypatch.setenv("MUNSIT_API_KEY", "k")
+    monkeypatch.setenv("MY_BACKEND_SECRET", GOOD_SECRET)  # the example reads it from there
     settings = load_settings(example)
-    assert settings.subscribers[0].id == "my-backend"
+    [backend] = settings.subscribers
+    assert backend.id == "my-backend" and backend.secret is not None
+    assert backend.secret.get_secret_value() == GOOD_SECRET
+    assert backend.headers == {}  # nothing of the example's own goes to a real endpoint
     text = example.read_text()
+    assert PUBLIC_EXAMPLE_SECRET not in text
+    assert re.search(r"whsec_[A-Za-z0-9+/]{8}", text) is None  # no usable secret at all
+    monkeypatch.delenv("MY_BACKEND_SECRET")
+    with pytest.raises(ConfigError) as info:
+        load_settings(example)  # so a copy without the variable set is refused, not unsigned
+    assert info.value.problems == [
+        "subscribers[0].secret_env: environment variable MY_BACKEND_SECRET is not set"
+    ]
+    # every key is documented, in force or commented out
     for section in Settings.model_fields:
         assert f"[{section}]" in text or f"[[{section}]]" in text, section
         sub_model = (

@@ -1,0 +1,227 @@
+"""The operator's read-only commands, `status` and `deliveries`: read the store directly (a
+running bridge or not) through the same store operations and JSON shapes as the admin API.
+Neither creates the store: a store that does not exist yet is reported as such."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bridge.admin import views
+from bridge.admin.app import DEFAULT_LIMIT, MAX_LIMIT
+from bridge.config import Settings
+from bridge.errors import RequestError
+from bridge.models import DeliveryState
+from bridge.redact import describe
+from bridge.service import build_store
+from bridge.store.base import SubscriberHealth
+from bridge.store.sqlite import SqliteStore
+from bridge.store.sqlite_probe import lock_holder, probe
+
+READYZ_TIMEOUT_S = 2.0
+
+
+def new_secret() -> str:
+    """A new Standard Webhooks secret: `whsec_` + base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def parse_state(raw: str | None) -> DeliveryState | None:
+    """`--state` / `?state=`, or `RequestError` naming the parameter."""
+    if not raw:
+        return None
+    if raw not in DeliveryState.__members__.values():
+        choices = "|".join(s.value for s in DeliveryState)
+        raise RequestError(f"state: {raw!r} is not one of {choices}")
+    return DeliveryState(raw)
+
+
+def parse_limit(raw: str | None) -> int:
+    """`--limit` / `?limit=`: 1 to `MAX_LIMIT`, `DEFAULT_LIMIT` when not given."""
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
+        raise RequestError(f"limit: {raw!r} is not an integer from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def store_path(settings: Settings) -> Path:
+    """Where the configured store lives (as `run` resolves it)."""
+    store = build_store(settings)
+    assert isinstance(store, SqliteStore)
+    return store.path
+
+
+async def deliveries(
+    settings: Settings, *, state: DeliveryState | None, subscriber: str | None, limit: int
+) -> dict[str, Any]:
+    """What `GET /api/deliveries` answers for the same filter (no deliveries when the store
+    does not exist yet)."""
+    path = store_path(settings)
+    if not probe(path, busy_timeout_s=SqliteStore.busy_timeout_s).exists:
+        return {"deliveries": [], "next_before": None}
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        found = await store.list_deliveries(state=state, subscriber=subscriber, limit=limit)
+    finally:
+        await store.close()
+    return {
+        "deliveries": [views.delivery(d, with_attempts=False) for d in found],
+        "next_before": found[-1].id if len(found) == limit else None,
+    }
+
+
+async def status(settings: Settings) -> dict[str, Any]:
+    """The bridge at a glance: store, whether a bridge runs on it, its poll health (from its
+    admin server when it runs one), baseline, pending records, outbox, subscribers."""
+    path = store_path(settings)
+    found = probe(path, busy_timeout_s=SqliteStore.busy_timeout_s)
+    holder = lock_holder(path)
+    report: dict[str, Any] = {
+        "store": {
+            "path": str(path),
+            "exists": found.exists,
+            "schema_version": found.schema_version or None,
+            "store_id": found.store_id,
+        },
+        "bridge": {
+            "running": holder.held,
+            "pid": holder.pid,
+            "role": "leader" if holder.held else None,  # SQLite: one process per store
+        },
+        "poll": {
+            "account": "default",
+            "upstream": settings.upstream.base_url,
+            "last_records_seen_at": views.iso(found.last_seen_at),
+            "readyz": await _readyz(settings) if holder.held else None,
+        },
+        "baseline_recorded": False,
+        "records_pending": 0,
+        "outbox": {s.value: 0 for s in DeliveryState},
+        "subscribers": [],
+    }
+    if not found.exists:
+        health: dict[str, Any] = {}
+        counts: dict[str, dict[DeliveryState, int]] = {}
+    else:
+        store = SqliteStore(path)
+        await store.open()
+        try:
+            report["baseline_recorded"] = await store.baseline_done()
+            report["records_pending"] = len(await store.tracked_pending())
+            outbox = await store.count_deliveries()
+            report["outbox"] = {s.value: outbox.get(s, 0) for s in DeliveryState}
+            health, counts = await store.subscriber_health(), await store.counts_by_subscriber()
+        finally:
+            await store.close()
+    report["subscribers"] = [
+        views.subscriber(s, health.get(s.id, SubscriberHealth()), counts.get(s.id))
+        for s in settings.subscribers
+    ]
+    return report
+
+
+async def _readyz(settings: Settings) -> dict[str, Any]:
+    """The running bridge's own poll health: its `/readyz` (no token needed)."""
+    admin = settings.admin
+    if not admin.enabled:
+        return {"error": "the admin server is disabled (admin.enabled = false)"}
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(admin.host, admin.host)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{admin.port}/readyz"
+    try:
+        timeout = aiohttp.ClientTimeout(total=READYZ_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url) as resp:
+            body: dict[str, Any] = await resp.json()
+    except Exception as exc:  # whatever it is, status still reports the rest
+        return {"url": url, "error": f"no answer: {describe(exc)}"}
+    return {"url": url, **body}
+
+
+def _ago(iso: str | None, now: float) -> str:
+    if iso is None:
+        return "never"
+    age = now - datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    return f"{iso} ({age:.0f} s ago)"
+
+
+def status_text(report: dict[str, Any], *, now: float | None = None) -> list[str]:
+    """`status` for people."""
+    now = time.time() if now is None else now
+    store, bridge, poll = report["store"], report["bridge"], report["poll"]
+    if store["exists"]:
+        lines = [f"store: {store['path']} (schema version {store['schema_version']})"]
+    else:
+        lines = [f"store: {store['path']} does not exist yet (the first run creates it)"]
+    if bridge["running"]:
+        pid = bridge["pid"] if bridge["pid"] is not None else "unknown"
+        lines.append(f"bridge: running (pid {pid}, role {bridge['role']})")
+    else:
+        lines.append("bridge: not running")
+    lines.append(f"account {poll['account']}: {poll['upstream']}")
+    ready = poll["readyz"]
+    if ready is not None and "error" in ready:
+        lines.append(f"  poll health: unknown ({ready['error']})")
+    elif ready is not None:
+        state = "ok" if ready.get("ready") else "NOT READY: " + "; ".join(ready.get("reasons", []))
+        lines.append(f"  poll health: {state}")
+        lines.append(f"  last successful poll: {_ago(ready.get('last_poll_success_at'), now)}")
+    lines.append(f"  last poll that saw records: {_ago(poll['last_records_seen_at'], now)}")
+    if store["exists"]:
+        baseline = "recorded" if report["baseline_recorded"] else "not yet (the first poll)"
+        lines.append(f"  baseline: {baseline}")
+    lines.append(f"records pending: {report['records_pending']}")
+    lines.append("outbox: " + ", ".join(f"{k} {v}" for k, v in report["outbox"].items()))
+    subs = report["subscribers"]
+    lines.append("subscribers:" + ("" if subs else " none (events are recorded, sent nowhere)"))
+    for sub in subs:
+        counts = ", ".join(f"{k} {v}" for k, v in sub["deliveries"].items() if v)
+        line = f"  {sub['id']}: {sub['state']}"
+        if sub["state"] == "paused":
+            line += " (enabled = false in the configuration)"
+        elif sub["state"] == "disabled":
+            line += f" by the bridge at {sub['disabled_at']}: {sub['disabled_reason']}"
+        elif sub["failing_since"]:
+            line += f", failing since {sub['failing_since']}"
+        lines.append(line + (f"; {counts}" if counts else ""))
+    return lines
+
+
+def deliveries_table(page: dict[str, Any]) -> list[str]:
+    """`deliveries` for people: one row per delivery, newest first."""
+    head = ("ID", "EVENT", "RECORD", "SUBSCRIBER", "STATE", "ATT", "LAST", "NEXT ATTEMPT")
+    rows = [head]
+    for d in page["deliveries"]:
+        last = d["last_attempt"]
+        if last is None:
+            shown = "-"
+        else:
+            code = last["status_code"]
+            shown = " ".join(x for x in (str(code) if code else "", last["error"] or "") if x)
+        rows.append(
+            (
+                str(d["id"]),
+                d["event_type"],
+                d["record_id"],
+                d["subscriber"],
+                d["state"],
+                str(d["attempt_count"]),
+                _cut(shown or "-", 48),
+                d["next_attempt_at"] or "-",
+            )
+        )
+    if len(rows) == 1:
+        return ["no deliveries"]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def _cut(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,152 @@
+"""`check`: what a new operator would otherwise learn from the first failed delivery.
+
+It creates nothing (the store is looked at read-only, see `sqlite_probe`), and warns, in
+lines starting `warning:` that name the subscriber, about destinations the SSRF guard will
+refuse, `events` lists no emitted event matches, and a configuration without subscribers.
+`--live` also asks Munsit once; `--send-test` sends `bridge.test` to every subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from bridge.config import Settings, SubscriberConfig
+from bridge.deliver.guard import forbidden_reason
+from bridge.deliver.routing import wants
+from bridge.deliver.sendtest import send_test
+from bridge.models import COMPLETED, CREATED, FAILED_EVENT, PROGRESS
+from bridge.store.sqlite import SqliteStore
+from bridge.store.sqlite_probe import Probed, probe
+
+RESOLVE_TIMEOUT_S = 3.0
+EMITTED = (CREATED, COMPLETED, FAILED_EVENT, PROGRESS)  # what polling produces (not bridge.test)
+NO_SUBSCRIBERS = "warning: no subscribers: events are recorded but sent nowhere"
+Emit = Callable[[str], None]
+
+
+def store_line(found: Probed) -> str:
+    if not found.exists:
+        return f"store: {found.path} does not exist yet (the first run creates it)"
+    return f"store: {found.path} (schema version {found.schema_version})"
+
+
+def events_problem(sub: SubscriberConfig) -> str | None:
+    """Why `sub` can never get an event from polling, or None."""
+    if any(wants(sub.events, etype) for etype in EMITTED):
+        return None
+    return (
+        f"warning: subscriber {sub.id}: events [{', '.join(sub.events)}] match no event the bridge"
+        f" sends on its own ({', '.join(EMITTED)}); bridge.test comes only from send-test"
+    )
+
+
+async def destination_problem(
+    sub: SubscriberConfig, *, allow_private: bool, timeout_s: float = RESOLVE_TIMEOUT_S
+) -> str | None:
+    """Why deliveries to `sub` will fail before any request is sent, or None: an address the
+    SSRF guard refuses (a literal one, or every address its name resolves to), or a name that
+    does not resolve."""
+    parts = urlsplit(sub.url)
+    host = parts.hostname or ""
+    prefix = f"warning: subscriber {sub.id}: destination {host}"
+    fix = (
+        "every delivery will be refused (set delivery.allow_private_destinations = true"
+        " only for a receiver on this machine or network)"
+    )
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        reason = None if allow_private else forbidden_reason(literal)
+        return f"{prefix} is a {reason} address: {fix}" if reason else None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout_s):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except TimeoutError:
+        return f"{prefix} did not resolve within {timeout_s:g} s"
+    except OSError as exc:
+        return f"{prefix} does not resolve ({exc.strerror or exc})"
+    if allow_private:
+        return None
+    addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
+    refused = {ip: forbidden_reason(ip) for ip in addresses}
+    if not addresses or not all(refused.values()):
+        return None
+    shown = ", ".join(f"{ip} ({reason})" for ip, reason in sorted(refused.items(), key=str))
+    return f"{prefix} resolves only to refused addresses: {shown}: {fix}"
+
+
+async def warnings(settings: Settings) -> list[str]:
+    """Every `warning:` line for this configuration (destinations resolved concurrently)."""
+    subs = settings.subscribers
+    if not subs:
+        return [NO_SUBSCRIBERS]
+    allow = settings.delivery.allow_private_destinations
+    found = await asyncio.gather(*(destination_problem(s, allow_private=allow) for s in subs))
+    lines: list[str] = []
+    for sub, problem in zip(subs, found, strict=True):
+        lines += [p for p in (problem, events_problem(sub)) if p is not None]
+    return lines
+
+
+async def check_upstream(settings: Settings) -> None:
+    """Ask Munsit for one record: `UpstreamError` when the key or the address is wrong."""
+    from bridge.clock import SystemClock
+    from bridge.upstream.client import MunsitClient
+
+    clock = SystemClock()
+    async with aiohttp.ClientSession() as session:
+        client = MunsitClient(
+            session,
+            base_url=settings.upstream.base_url,
+            api_key=settings.upstream.api_key,
+            timeout_s=settings.upstream.request_timeout_s,
+            sleep=clock.sleep,
+            now=clock.now,
+            max_attempts=2,
+        )
+        await client.list_page(0, 1)
+
+
+async def send_tests(settings: Settings, emit: Emit) -> bool:
+    """`bridge.test` to every subscriber at once; one line each; True if every one got 2xx."""
+    subs = settings.subscribers
+    attempts = await asyncio.gather(*(send_test(s, settings.delivery) for s in subs))
+    ok = True
+    for sub, attempt in zip(subs, attempts, strict=True):
+        code = attempt.status_code
+        passed = code is not None and 200 <= code < 300
+        ok &= passed
+        line = f"send-test {sub.id}: {code if code is not None else 'no response'}"
+        line += f" in {attempt.latency_ms:.0f} ms"
+        if attempt.error:
+            line += f": {attempt.error}"
+        emit(line + ("" if passed else " (FAILED)"))
+    return ok
+
+
+async def check(settings: Settings, store: Path, *, live: bool, send: bool, emit: Emit) -> bool:
+    """Run the checks, emitting lines as they are known; False when a test send failed.
+    A store `run` could not use, or a failed upstream call, raises `BridgeError`."""
+    found = probe(store, busy_timeout_s=SqliteStore.busy_timeout_s)
+    subs = ", ".join(s.id for s in settings.subscribers) or "none"
+    emit(f"config ok: subscribers: {subs}")
+    emit(store_line(found))
+    for line in await warnings(settings):
+        emit(line)
+    if live:
+        await check_upstream(settings)
+        emit(f"upstream ok: {settings.upstream.base_url} accepted the API key")
+    if send and settings.subscribers:
+        return await send_tests(settings, emit)
+    return True
