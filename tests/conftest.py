@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+import structlog
 
 from bridge.clock import FakeClock
 
@@ -18,6 +19,15 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         if name.startswith("BRIDGE_") or name == "MUNSIT_API_KEY":
             monkeypatch.delenv(name)
     yield
+
+
+@pytest.fixture(autouse=True)
+def fresh_logging() -> Iterator[None]:
+    """Each test starts from structlog's defaults: a level or stream configured by an
+    earlier test (the demo logs errors only) must not hide what this one captures."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
