@@ -18,6 +18,7 @@ from bridge.deliver.verify import VerifyError, parse_header, verify
 from bridge.errors import BridgeError, ConfigError, RequestError
 from bridge.logging import configure
 from bridge.models import Replayed
+from bridge.params import parse_limit, parse_state
 from bridge.runtime import tune_gc
 from bridge.service import Service, build_store
 
@@ -110,7 +111,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _simulate(args.host, args.port, args.api_key, args.jobs)
     except KeyboardInterrupt:
         return EXIT_OK
+    except ConfigError as exc:  # every command: the configuration names the bad key
+        return _fail(exc, EXIT_CONFIG)
+    except BridgeError as exc:  # every command: a clear line, never a traceback
+        return _fail(exc, EXIT_FATAL)
     raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover
+
+
+def _fail(exc: BaseException, code: int) -> int:
+    print(f"munsit-bridge: {exc}", file=sys.stderr)
+    return code
 
 
 def _load(config: str | None) -> Settings:
@@ -120,17 +130,9 @@ def _load(config: str | None) -> Settings:
 def _run(config: str | None) -> int:
     # until the event loop takes over, SIGTERM stops start-up as cleanly as Ctrl-C does
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        settings = _load(config)
-    except ConfigError as exc:
-        print(f"munsit-bridge: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    settings = _load(config)
     configure(settings.log.level, settings.log.format, cache=True)  # configured once here
-    try:
-        asyncio.run(_serve(settings))
-    except BridgeError as exc:
-        print(f"munsit-bridge: {exc}", file=sys.stderr)
-        return EXIT_FATAL
+    asyncio.run(_serve(settings))
     return EXIT_OK
 
 
@@ -145,18 +147,10 @@ async def _serve(settings: Settings) -> None:
 
 
 def _check(config: str | None, *, live: bool, send: bool) -> int:
-    try:
-        settings = _load(config)
-    except ConfigError as exc:
-        print(f"munsit-bridge: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        ok = asyncio.run(
-            preflight.check(settings, ops.store_path(settings), live=live, send=send, emit=_say)
-        )
-    except BridgeError as exc:
-        print(f"munsit-bridge: {exc}", file=sys.stderr)
-        return EXIT_FATAL
+    settings = _load(config)
+    ok = asyncio.run(
+        preflight.check(settings, settings.store.sqlite_path(), live=live, send=send, emit=_say)
+    )
     return EXIT_OK if ok else EXIT_FATAL
 
 
@@ -165,34 +159,20 @@ def _say(line: str) -> None:
 
 
 def _status(config: str | None, *, as_json: bool) -> int:
-    try:
-        settings = _load(config)
-    except ConfigError as exc:
-        print(f"munsit-bridge: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        report = asyncio.run(ops.status(settings))
-    except BridgeError as exc:
-        print(f"munsit-bridge: {exc}", file=sys.stderr)
-        return EXIT_FATAL
+    report = asyncio.run(ops.status(_load(config)))
     print(json.dumps(report, indent=2) if as_json else "\n".join(ops.status_text(report)))
     return EXIT_OK
 
 
 def _deliveries(args: argparse.Namespace) -> int:
     try:
-        state, limit = ops.parse_state(args.state), ops.parse_limit(args.limit)
-        settings = _load(args.config)
-    except (RequestError, ConfigError) as exc:
-        print(f"munsit-bridge: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        page = asyncio.run(
-            ops.deliveries(settings, state=state, subscriber=args.subscriber, limit=limit)
-        )
-    except BridgeError as exc:
-        print(f"munsit-bridge: {exc}", file=sys.stderr)
-        return EXIT_FATAL
+        state, limit = parse_state(args.state), parse_limit(args.limit)
+    except RequestError as exc:  # a bad parameter, like a bad key
+        return _fail(exc, EXIT_CONFIG)
+    settings = _load(args.config)
+    page = asyncio.run(
+        ops.deliveries(settings, state=state, subscriber=args.subscriber, limit=limit)
+    )
     print(json.dumps(page, indent=2) if args.json else "\n".join(ops.deliveries_table(page)))
     return EXIT_OK
 
@@ -224,11 +204,7 @@ def _verify(secret: str, body_file: str, header_lines: list[str], tolerance_s: f
 
 
 def _send_test(subscriber_id: str, config: str | None) -> int:
-    try:
-        settings = _load(config)
-    except ConfigError as exc:
-        print(f"munsit-bridge: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    settings = _load(config)
     sub = next((s for s in settings.subscribers if s.id == subscriber_id), None)
     if sub is None:
         known = ", ".join(s.id for s in settings.subscribers) or "none"
@@ -246,19 +222,11 @@ def _send_test(subscriber_id: str, config: str | None) -> int:
 
 
 def _replay(config: str | None, since: str, subscriber: str | None, event_type: str | None) -> int:
-    try:
-        settings = _load(config)
-    except ConfigError as exc:
-        print(f"munsit-bridge: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    settings = _load(config)
     try:
         result = asyncio.run(_replay_async(settings, since, subscriber, event_type))
-    except RequestError as exc:
-        print(f"munsit-bridge: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except BridgeError as exc:
-        print(f"munsit-bridge: {exc}", file=sys.stderr)
-        return EXIT_FATAL
+    except RequestError as exc:  # a bad parameter, like a bad key
+        return _fail(exc, EXIT_CONFIG)
     from bridge.replay import summary
 
     print(summary(result, subscriber))

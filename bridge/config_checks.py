@@ -45,6 +45,7 @@ def shown(value: str) -> str:
 
 
 def is_loopback(host: str) -> bool:
+    """`localhost`, 127.0.0.0/8 or ::1."""
     if host == "localhost":
         return True
     try:

@@ -8,18 +8,14 @@ import base64
 import secrets
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from bridge.admin import views
-from bridge.admin.app import DEFAULT_LIMIT, MAX_LIMIT
 from bridge.config import Settings
-from bridge.errors import RequestError
 from bridge.models import DeliveryState
 from bridge.redact import describe
-from bridge.service import build_store
 from bridge.store.base import SubscriberHealth
 from bridge.store.sqlite import SqliteStore
 from bridge.store.sqlite_probe import lock_holder, probe
@@ -32,38 +28,12 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def parse_state(raw: str | None) -> DeliveryState | None:
-    """`--state` / `?state=`, or `RequestError` naming the parameter."""
-    if not raw:
-        return None
-    if raw not in DeliveryState.__members__.values():
-        choices = "|".join(s.value for s in DeliveryState)
-        raise RequestError(f"state: {raw!r} is not one of {choices}")
-    return DeliveryState(raw)
-
-
-def parse_limit(raw: str | None) -> int:
-    """`--limit` / `?limit=`: 1 to `MAX_LIMIT`, `DEFAULT_LIMIT` when not given."""
-    if raw is None:
-        return DEFAULT_LIMIT
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise RequestError(f"limit: {raw!r} is not an integer from 1 to {MAX_LIMIT}")
-    return int(raw)
-
-
-def store_path(settings: Settings) -> Path:
-    """Where the configured store lives (as `run` resolves it)."""
-    store = build_store(settings)
-    assert isinstance(store, SqliteStore)
-    return store.path
-
-
 async def deliveries(
     settings: Settings, *, state: DeliveryState | None, subscriber: str | None, limit: int
 ) -> dict[str, Any]:
     """What `GET /api/deliveries` answers for the same filter (no deliveries when the store
     does not exist yet)."""
-    path = store_path(settings)
+    path = settings.store.sqlite_path()
     if not probe(path, busy_timeout_s=SqliteStore.busy_timeout_s).exists:
         return {"deliveries": [], "next_before": None}
     store = SqliteStore(path)
@@ -81,7 +51,7 @@ async def deliveries(
 async def status(settings: Settings) -> dict[str, Any]:
     """The bridge at a glance: store, whether a bridge runs on it, its poll health (from its
     admin server when it runs one), baseline, pending records, outbox, subscribers."""
-    path = store_path(settings)
+    path = settings.store.sqlite_path()
     found = probe(path, busy_timeout_s=SqliteStore.busy_timeout_s)
     holder = lock_holder(path)
     report: dict[str, Any] = {

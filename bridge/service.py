@@ -22,7 +22,6 @@ from bridge.detect.progress import ProgressWatcher
 from bridge.errors import BridgeError, StoreError
 from bridge.metrics import Metrics
 from bridge.models import PROGRESS, DeliveryState
-from bridge.redact import redact_url
 from bridge.retention import Retention
 from bridge.store.base import Store
 from bridge.store.sqlite import SqliteStore
@@ -235,9 +234,7 @@ class Service:
             "munsit-bridge started",
             version=__version__,
             config=str(config_path) if config_path is not None else "(none: defaults and env)",
-            store=redact_url(settings.store.url)
-            if "://" in settings.store.url and not settings.store.url.startswith("sqlite:")
-            else str(settings.store.sqlite_path().absolute()),
+            store=str(settings.store.sqlite_path()),
             upstream=settings.upstream.base_url,
             accounts=["default"],
             subscribers=[s.id for s in settings.subscribers],

@@ -17,6 +17,7 @@ from bridge.deliver.sendtest import send_test
 from bridge.errors import BridgeError, RequestError, StoreError
 from bridge.metrics import CONTENT_TYPE
 from bridge.models import EVENT_TYPES, DeliveryState
+from bridge.params import parse_limit, parse_state
 from bridge.redact import redact_text
 from bridge.replay import parse_since, replay
 from bridge.service import Service
@@ -24,8 +25,6 @@ from bridge.service import Service
 log = structlog.get_logger("bridge.admin")
 
 SERVICE = web.AppKey("service", Service)
-MAX_LIMIT = 1000
-DEFAULT_LIMIT = 100
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -128,13 +127,6 @@ def _only(request: web.Request, *allowed: str) -> None:
         raise RequestError(f"{unknown[0]}: unknown parameter (expected {', '.join(allowed)})")
 
 
-def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", str(DEFAULT_LIMIT))
-    if not _digits(raw) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise RequestError(f"limit: {raw!r} is not an integer from 1 to {MAX_LIMIT}")
-    return int(raw)
-
-
 def _digits(raw: str) -> bool:
     """ASCII digits only: `str.isdigit` also passes `²`, which `int()` rejects."""
     return raw.isascii() and raw.isdigit()
@@ -220,7 +212,7 @@ async def test_subscriber(request: web.Request) -> web.Response:
 
 async def list_events(request: web.Request) -> web.Response:
     _only(request, "type", "limit", "before")
-    service, limit = request.app[SERVICE], _limit(request)
+    service, limit = request.app[SERVICE], parse_limit(request.query.get("limit"))
     before = request.query.get("before") or None
     events = await service.store.list_events(
         event_type=_event_type(request.query.get("type")), limit=limit, before=before
@@ -235,14 +227,11 @@ async def list_events(request: web.Request) -> web.Response:
 
 async def list_deliveries(request: web.Request) -> web.Response:
     _only(request, "state", "subscriber", "limit", "before")
-    service, limit = request.app[SERVICE], _limit(request)
-    raw_state = request.query.get("state") or None
-    if raw_state is not None and raw_state not in DeliveryState.__members__.values():
-        choices = "|".join(s.value for s in DeliveryState)
-        raise RequestError(f"state: {raw_state!r} is not one of {choices}")
+    service, limit = request.app[SERVICE], parse_limit(request.query.get("limit"))
+    state = parse_state(request.query.get("state"))
     raw_before = request.query.get("before") or None
     found = await service.store.list_deliveries(
-        state=DeliveryState(raw_state) if raw_state else None,
+        state=state,
         subscriber=request.query.get("subscriber") or None,
         limit=limit,
         before=_int_param(raw_before, "before") if raw_before else None,

@@ -19,6 +19,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from bridge.config import AdminConfig
+from bridge.config_checks import is_loopback
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -53,16 +54,6 @@ def normalise(name: str) -> str:
         return str(ipaddress.ip_address(name))
     except ValueError:
         return name.lower().removesuffix(".")
-
-
-def is_loopback(name: str) -> bool:
-    """`localhost`, 127.0.0.0/8 or ::1 (`name` as `split_host` returns it)."""
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def host_allowed(host: str, allowed_hosts: Collection[str]) -> bool:

@@ -122,7 +122,7 @@ class SqliteStore:
                 if inline.checkpoint_due and (self._checkpoint is None or self._checkpoint.done()):
                     self._checkpoint = asyncio.create_task(self._checkpoint_wal())
                 return result
-        return await self._tx(fn)
+        return await self._run(partial(in_transaction, fn))  # the file was checked above
 
     async def _checkpoint_wal(self) -> None:
         """Copy the write-ahead log into the database without blocking anyone (PASSIVE)."""
@@ -241,8 +241,7 @@ class SqliteStore:
                 c, rooms, now=now, until=now + lease_s, token=token, max_attempts=max_attempts
             )
         )
-        if claimed.lost:
-            claims.log_lost(claimed.lost)
+        claims.log_lost(claimed.lost)
         return claimed.deliveries
 
     async def finish_attempt(

@@ -159,9 +159,9 @@ class LockFile:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            pid = parse_record(_read_fd(fd)).get("pid", "")
+            pid = holder_pid(fd)
             os.close(fd)
-            raise StoreLocked(store, path, int(pid) if pid.isdecimal() else None) from None
+            raise StoreLocked(store, path, pid) from None
         except BaseException:
             os.close(fd)
             raise
@@ -192,3 +192,9 @@ class LockFile:
 
 def _read_fd(fd: int) -> str:
     return os.pread(fd, 4096, 0).decode(errors="replace")
+
+
+def holder_pid(fd: int) -> int | None:
+    """The pid an open lock file records, if it records one."""
+    pid = parse_record(_read_fd(fd)).get("pid", "")
+    return int(pid) if pid.isdecimal() else None

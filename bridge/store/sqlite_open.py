@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.store import sqlite_file as files
-from bridge.store.sqlite_schema import STORE_ID, migrate, schema_version
+from bridge.store.sqlite_schema import migrate, read_store_id, schema_version
 
 # I/O errors of a file that cannot grow: what a full disk or a file-size limit looks like
 _GROWTH_ERRORS = frozenset({"SQLITE_IOERR_WRITE", "SQLITE_IOERR_SHMSIZE", "SQLITE_IOERR_TRUNCATE"})
@@ -46,7 +46,7 @@ def open_store(path: Path, *, busy_timeout_s: float, exclusive: bool) -> Opened:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             created = schema_version(conn) == 0
             if recorded is not None:
-                found = None if created else (_store_id(conn) or "(none)")
+                found = None if created else (read_store_id(conn) or "(none)")
                 files.check_store_id(path, lock_path, recorded, found)
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
@@ -54,7 +54,7 @@ def open_store(path: Path, *, busy_timeout_s: float, exclusive: bool) -> Opened:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             migrate(conn)
-            store_id = _store_id(conn)
+            store_id = read_store_id(conn)
             identity = files.identity(path)
             if lock is not None and store_id is not None:
                 lock.record(pid=os.getpid(), store_id=store_id)
@@ -82,8 +82,3 @@ def explain(path: Path, busy_timeout_s: float, exc: sqlite3.Error) -> str:
     if name.startswith("SQLITE_CANTOPEN") and not os.access(path.parent, os.W_OK):
         return f"{exc}: its directory {path.parent} is read-only for this process"
     return str(exc)
-
-
-def _store_id(conn: sqlite3.Connection) -> str | None:
-    row = conn.execute("SELECT value FROM meta WHERE key = ?", (STORE_ID,)).fetchone()
-    return None if row is None else str(row[0])

@@ -17,7 +17,7 @@ from pathlib import Path
 from bridge.errors import StoreError
 from bridge.store import sqlite_file as files
 from bridge.store.sqlite_open import explain
-from bridge.store.sqlite_schema import MIGRATIONS, STORE_ID, schema_version
+from bridge.store.sqlite_schema import MIGRATIONS, read_store_id, schema_version
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,7 @@ def probe(path: Path, *, busy_timeout_s: float) -> Probed:
         )
         try:
             version = schema_version(conn)
-            store_id = _meta(conn, STORE_ID) if version else None
+            store_id = read_store_id(conn) if version else None
             seen = conn.execute("SELECT MAX(seen_at) FROM records").fetchone() if version else None
         finally:
             conn.close()
@@ -90,8 +90,7 @@ def lock_holder(path: Path) -> Holder:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            pid = files.parse_record(os.pread(fd, 4096, 0).decode(errors="replace")).get("pid")
-            return Holder(True, int(pid) if pid is not None and pid.isdecimal() else None)
+            return Holder(True, files.holder_pid(fd))
         fcntl.flock(fd, fcntl.LOCK_UN)
         return Holder(False)
     finally:
@@ -110,8 +109,3 @@ def _check_creatable(path: Path) -> None:
             f"cannot open store {path}: unable to open database file: its directory"
             f" {ancestor} is read-only for this process"
         )
-
-
-def _meta(conn: sqlite3.Connection, key: str) -> str | None:
-    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-    return None if row is None else str(row[0])

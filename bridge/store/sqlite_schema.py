@@ -140,6 +140,12 @@ def in_transaction(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connecti
     return commit_or_roll_back(conn, fn)
 
 
+def read_store_id(conn: sqlite3.Connection) -> str | None:
+    """The store's id recorded in `meta`, if any."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (STORE_ID,)).fetchone()
+    return None if row is None else str(row[0])
+
+
 def schema_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,17 +16,10 @@ from aiohttp.test_utils import TestServer
 
 from bridge.clock import SystemClock
 from bridge.upstream.simulator import Simulator
-from tests.integration.helpers import RecordingReceiver, bridge_process
+from tests.integration.helpers import RecordingReceiver, bridge_process, free_port
 
 ServerFactory = Callable[..., Any]
 DELETED = "was deleted or replaced while running"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def readyz(http: aiohttp.ClientSession, port: int) -> tuple[int, dict[str, Any]]:

@@ -108,16 +108,37 @@ async def test_a_dry_lane_is_looked_at_again_when_its_next_delivery_falls_due(
     assert drain(ahead, "a", 50.0) == ["evt_0"]
 
 
-async def test_a_refresh_during_a_claim_is_not_lost(store: SqliteStore) -> None:
+class HeldClaims(SqliteStore):
+    """The real store; a claim's answer is held back until `resume` is set, so something
+    can happen while it is on its way (the order is the test's, not the threads')."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.answered = asyncio.Event()
+        self.resume = asyncio.Event()
+
+    async def claim_lanes(self, **kwargs: Any) -> Any:
+        claimed = await super().claim_lanes(**kwargs)
+        self.answered.set()
+        await self.resume.wait()
+        return claimed
+
+
+async def test_a_refresh_during_a_claim_is_not_lost(tmp_path: Path) -> None:
+    store = HeldClaims(tmp_path / "b.db")
+    await store.open()
     ahead, _ = ahead_for(store, lane())
     claim_at(ahead, 1.0, ["a"])
+    await store.answered.wait()  # the claim found nothing and is on its way back
     await queue_events(store, range(1), now=1.0)
     ahead.refresh()  # arrives while the (empty) claim is on its way
+    store.resume.set()
     await ahead.settle()
     assert not ahead.dry
     claim_at(ahead, 1.0, ["a"])
     await ahead.settle()
     assert drain(ahead, "a", 1.0) == ["evt_0"]
+    await store.close()
 
 
 async def test_only_the_lanes_found_empty_go_dry(store: SqliteStore) -> None:

@@ -17,6 +17,7 @@ from bridge.cli import main
 from bridge.deliver.formats import FORMATS
 from bridge.examples import blocks, refresh, rendered
 from tests.conftest import make_secret
+from tests.integration.helpers import free_port
 
 README = Path(__file__).parents[2] / "README.md"
 
@@ -44,13 +45,6 @@ def test_refresh_replaces_a_stale_block_and_leaves_the_rest() -> None:
     assert blocks(fresh) == {"zapier": rendered("zapier")}
     assert fresh.startswith("intro\n") and fresh.endswith("outro\n```json\n{}\n```\n")
     assert refresh(fresh) == fresh
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

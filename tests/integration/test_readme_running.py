@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from bridge.config import check_secret
+from tests.integration.helpers import free_port
 
 ROOT = Path(__file__).parents[2]
 README = ROOT / "README.md"
@@ -42,13 +43,6 @@ def commands(block: str) -> list[str]:
     """The block's commands, comments cut (a `#` after two spaces starts one)."""
     lines = [re.split(r"\s{2,}#|^#", line)[0].strip() for line in block.splitlines()]
     return [line for line in lines if line]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_port(port: int, proc: subprocess.Popen[str], timeout_s: float = 60) -> None:

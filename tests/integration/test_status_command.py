@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,13 @@ from bridge.service import Service
 from bridge.store.base import SubscriberHealth
 from bridge.store.sqlite import SqliteStore
 from bridge.upstream.simulator import Simulator
-from tests.integration.helpers import RecordingReceiver, ServerFactory, bridge_process, drive
+from tests.integration.helpers import (
+    RecordingReceiver,
+    ServerFactory,
+    bridge_process,
+    drive,
+    free_port,
+)
 
 ClientFactory = Any
 
@@ -177,12 +182,6 @@ async def test_deliveries_refuses_bad_parameters(tmp_path: Path) -> None:
     code, out = await cli("deliveries", "--config", str(config))
     assert code == 0 and out.strip() == "no deliveries"
     assert not (tmp_path / "s.db").exists()  # reading creates no store
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_status_and_deliveries_beside_a_running_bridge(
