@@ -20,7 +20,8 @@ from bridge.logging import configure
 from bridge.models import Replayed
 from bridge.params import parse_limit, parse_state
 from bridge.runtime import tune_gc
-from bridge.service import Service, build_store
+from bridge.service import Service
+from bridge.store.factory import build_store
 
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG = 0, 1, 2
 
@@ -131,7 +132,10 @@ def _run(config: str | None) -> int:
     # until the event loop takes over, SIGTERM stops start-up as cleanly as Ctrl-C does
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     settings = _load(config)
-    configure(settings.log.level, settings.log.format, cache=True)  # configured once here
+    # configured once here
+    configure(
+        settings.log.level, settings.log.format, cache=True, replica=settings.store.replica_id
+    )
     asyncio.run(_serve(settings))
     return EXIT_OK
 
@@ -148,9 +152,7 @@ async def _serve(settings: Settings) -> None:
 
 def _check(config: str | None, *, live: bool, send: bool) -> int:
     settings = _load(config)
-    ok = asyncio.run(
-        preflight.check(settings, settings.store.sqlite_path(), live=live, send=send, emit=_say)
-    )
+    ok = asyncio.run(preflight.check(settings, live=live, send=send, emit=_say))
     return EXIT_OK if ok else EXIT_FATAL
 
 

@@ -36,7 +36,6 @@ from bridge.config_checks import (
     http_url,
     is_loopback,
     listen_host,
-    shown,
 )
 from bridge.config_sources import (
     SOURCE_ERROR,
@@ -47,6 +46,13 @@ from bridge.config_sources import (
     referenced_variables,
     take_secret,
     unknown_variable,
+)
+from bridge.config_store import (
+    default_replica_id,
+    is_postgres_url,
+    replica_name,
+    shown_store_url,
+    store_url,
 )
 from bridge.config_subscriber import SubscriberConfig
 from bridge.errors import ConfigError
@@ -99,17 +105,29 @@ class UpstreamConfig(Section):
 class StoreConfig(Section):
     url: str = "sqlite:///data/bridge.db"
     retention_days: float = Field(30.0, gt=0)
+    leader_lease_s: float = Field(15.0, ge=0.3, le=3600)
+    replica_id: str = Field(default_factory=default_replica_id, min_length=1, max_length=128)
     # where a relative path starts: the config file's directory (set by `Settings`)
     _base_dir: Path | None = PrivateAttr(None)
 
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not value.startswith("sqlite:///") or value == "sqlite:///":
-            raise ValueError(
-                f"must be sqlite:///relative/path or sqlite:////absolute/path, got {shown(value)!r}"
-            )
-        return value
+        return store_url(value)
+
+    @field_validator("replica_id")
+    @classmethod
+    def _replica(cls, value: str) -> str:
+        return replica_name(value)
+
+    @property
+    def is_postgres(self) -> bool:
+        return is_postgres_url(self.url)
+
+    def shown(self) -> str:
+        """The store as logs and messages show it: the file, or the server without its
+        user-info, password or parameters."""
+        return shown_store_url(self.url) if self.is_postgres else str(self.sqlite_path())
 
     def sqlite_path(self) -> Path:
         """The database file, absolute: a relative path is relative to the config file's

@@ -35,12 +35,29 @@ def _redact_errors(_logger: Any, _name: str, event_dict: Any) -> Any:
     return event_dict
 
 
+def _add_replica(replica: str) -> structlog.typing.Processor:
+    """Every line says which process wrote it (replicas sharing a store log alike)."""
+
+    def add(_logger: Any, _name: str, event_dict: Any) -> Any:
+        event_dict.setdefault("replica", replica)
+        return event_dict
+
+    return add
+
+
 def configure(
-    level: str = "info", fmt: str = "auto", stream: TextIO | None = None, *, cache: bool = False
+    level: str = "info",
+    fmt: str = "auto",
+    stream: TextIO | None = None,
+    *,
+    cache: bool = False,
+    replica: str | None = None,
 ) -> None:
-    """Configure structlog; every line has timestamp, level and event. `cache` binds each
-    logger once (faster; for a process that configures logging once, as `run` does)."""
+    """Configure structlog; every line has timestamp, level and event (and `replica`, when
+    given). `cache` binds each logger once (faster; for a process that configures logging
+    once, as `run` does)."""
     out = stream or sys.stdout
+    named: list[structlog.typing.Processor] = [] if replica is None else [_add_replica(replica)]
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: structlog.typing.Processor = (
         # plain tracebacks: a "pretty" one prints local variables, secrets among them
@@ -55,6 +72,7 @@ def configure(
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *named,
             structlog.processors.format_exc_info,
             _redact_errors,
             renderer,
@@ -63,10 +81,15 @@ def configure(
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=cache,
     )
-    _route_stdlib(out, _LEVELS[level], renderer)
+    _route_stdlib(out, _LEVELS[level], renderer, named)
 
 
-def _route_stdlib(out: TextIO, level: int, renderer: structlog.typing.Processor) -> None:
+def _route_stdlib(
+    out: TextIO,
+    level: int,
+    renderer: structlog.typing.Processor,
+    named: list[structlog.typing.Processor],
+) -> None:
     """What asyncio and aiohttp log through `logging` ("Task exception was never
     retrieved", …) comes out as the same lines, redacted the same way; one handler of ours
     on the root logger, replaced at each `configure` (other handlers are left alone)."""
@@ -76,6 +99,7 @@ def _route_stdlib(out: TextIO, level: int, renderer: structlog.typing.Processor)
             structlog.stdlib.add_logger_name,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *named,
         ],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,

@@ -79,6 +79,11 @@ class Metrics:
             "Deliveries kept for subscribers no longer in the configuration",
             registry=reg,
         )
+        self.leader = Gauge(
+            "bridge_leader",
+            "1 while this replica holds the poller's lease (polls Munsit), else 0",
+            registry=reg,
+        )
         self.last_poll_success = Gauge(
             "bridge_last_poll_success_timestamp_seconds",
             "Unix time of the last successful poll",

@@ -17,8 +17,8 @@ from bridge.config import Settings
 from bridge.models import DeliveryState
 from bridge.redact import describe
 from bridge.store.base import SubscriberHealth
-from bridge.store.sqlite import SqliteStore
-from bridge.store.sqlite_probe import lock_holder, probe
+from bridge.store.factory import build_store
+from bridge.store.look import look
 
 READYZ_TIMEOUT_S = 2.0
 
@@ -33,10 +33,9 @@ async def deliveries(
 ) -> dict[str, Any]:
     """What `GET /api/deliveries` answers for the same filter (no deliveries when the store
     does not exist yet)."""
-    path = settings.store.sqlite_path()
-    if not probe(path, busy_timeout_s=SqliteStore.busy_timeout_s).exists:
+    if not (await look(settings)).exists:
         return {"deliveries": [], "next_before": None}
-    store = SqliteStore(path)
+    store = build_store(settings)
     await store.open()
     try:
         found = await store.list_deliveries(state=state, subscriber=subscriber, limit=limit)
@@ -51,26 +50,25 @@ async def deliveries(
 async def status(settings: Settings) -> dict[str, Any]:
     """The bridge at a glance: store, whether a bridge runs on it, its poll health (from its
     admin server when it runs one), baseline, pending records, outbox, subscribers."""
-    path = settings.store.sqlite_path()
-    found = probe(path, busy_timeout_s=SqliteStore.busy_timeout_s)
-    holder = lock_holder(path)
+    found = await look(settings)
+    bridge: dict[str, Any] = {"running": found.running}
+    if settings.store.is_postgres:  # replicas: the one polling holds the lease
+        bridge |= {"leader": found.leader, "leader_last_poll_at": views.iso(found.last_poll_at)}
+    else:  # SQLite: one process per store, the lock holder
+        bridge |= {"pid": found.pid, "role": "leader" if found.running else None}
     report: dict[str, Any] = {
         "store": {
-            "path": str(path),
+            "path": found.where,
             "exists": found.exists,
             "schema_version": found.schema_version or None,
             "store_id": found.store_id,
         },
-        "bridge": {
-            "running": holder.held,
-            "pid": holder.pid,
-            "role": "leader" if holder.held else None,  # SQLite: one process per store
-        },
+        "bridge": bridge,
         "poll": {
             "account": "default",
             "upstream": settings.upstream.base_url,
             "last_records_seen_at": views.iso(found.last_seen_at),
-            "readyz": await _readyz(settings) if holder.held else None,
+            "readyz": await _readyz(settings) if found.running else None,
         },
         "baseline_recorded": False,
         "records_pending": 0,
@@ -81,7 +79,7 @@ async def status(settings: Settings) -> dict[str, Any]:
         health: dict[str, Any] = {}
         counts: dict[str, dict[DeliveryState, int]] = {}
     else:
-        store = SqliteStore(path)
+        store = build_store(settings)
         await store.open()
         try:
             report["baseline_recorded"] = await store.baseline_done()
@@ -129,7 +127,9 @@ def status_text(report: dict[str, Any], *, now: float | None = None) -> list[str
         lines = [f"store: {store['path']} (schema version {store['schema_version']})"]
     else:
         lines = [f"store: {store['path']} does not exist yet (the first run creates it)"]
-    if bridge["running"]:
+    if bridge["running"] and "leader" in bridge:
+        lines.append(f"bridge: running (replica {bridge['leader']} polls)")
+    elif bridge["running"]:
         pid = bridge["pid"] if bridge["pid"] is not None else "unknown"
         lines.append(f"bridge: running (pid {pid}, role {bridge['role']})")
     else:

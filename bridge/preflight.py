@@ -1,6 +1,6 @@
 """`check`: what a new operator would otherwise learn from the first failed delivery.
 
-It creates nothing (the store is looked at read-only, see `sqlite_probe`), and warns, in
+It creates nothing (the store is looked at read-only, see `store.look`), and warns, in
 lines starting `warning:` that name the subscriber, about destinations the SSRF guard will
 refuse, `events` lists no emitted event matches, and a configuration without subscribers.
 `--live` also asks Munsit once; `--send-test` sends `bridge.test` to every subscriber.
@@ -12,7 +12,6 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Callable
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -22,19 +21,12 @@ from bridge.deliver.guard import forbidden_reason
 from bridge.deliver.routing import wants
 from bridge.deliver.sendtest import send_test
 from bridge.models import COMPLETED, CREATED, FAILED_EVENT, PROGRESS
-from bridge.store.sqlite import SqliteStore
-from bridge.store.sqlite_probe import Probed, probe
+from bridge.store.look import look, store_line
 
 RESOLVE_TIMEOUT_S = 3.0
 EMITTED = (CREATED, COMPLETED, FAILED_EVENT, PROGRESS)  # what polling produces (not bridge.test)
 NO_SUBSCRIBERS = "warning: no subscribers: events are recorded but sent nowhere"
 Emit = Callable[[str], None]
-
-
-def store_line(found: Probed) -> str:
-    if not found.exists:
-        return f"store: {found.path} does not exist yet (the first run creates it)"
-    return f"store: {found.path} (schema version {found.schema_version})"
 
 
 def events_problem(sub: SubscriberConfig) -> str | None:
@@ -135,10 +127,10 @@ async def send_tests(settings: Settings, emit: Emit) -> bool:
     return ok
 
 
-async def check(settings: Settings, store: Path, *, live: bool, send: bool, emit: Emit) -> bool:
+async def check(settings: Settings, *, live: bool, send: bool, emit: Emit) -> bool:
     """Run the checks, emitting lines as they are known; False when a test send failed.
     A store `run` could not use, or a failed upstream call, raises `BridgeError`."""
-    found = probe(store, busy_timeout_s=SqliteStore.busy_timeout_s)
+    found = await look(settings)
     subs = ", ".join(s.id for s in settings.subscribers) or "none"
     emit(f"config ok: subscribers: {subs}")
     emit(store_line(found))

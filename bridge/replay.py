@@ -9,7 +9,7 @@ from bridge.config import SubscriberConfig
 from bridge.deliver.routing import route
 from bridge.errors import RequestError
 from bridge.models import EVENT_TYPES, Replayed
-from bridge.store.base import Store
+from bridge.store.base import OperationsStore
 
 
 def parse_since(text: str) -> float:
@@ -27,7 +27,7 @@ def parse_since(text: str) -> float:
 
 
 async def replay(
-    store: Store,
+    store: OperationsStore,
     subscribers: Sequence[SubscriberConfig],
     *,
     since: float,

@@ -20,27 +20,19 @@ from bridge.deliver.guard import guarded_socket_factory
 from bridge.detect.poller import Poller, PollResult
 from bridge.detect.progress import ProgressWatcher
 from bridge.errors import BridgeError, StoreError
+from bridge.leader import Leadership
 from bridge.metrics import Metrics
 from bridge.models import PROGRESS, DeliveryState
+from bridge.redact import describe
 from bridge.retention import Retention
-from bridge.store.base import Store
-from bridge.store.sqlite import SqliteStore
+from bridge.store.base import LeaderState, LeaderStore, Store
+from bridge.store.factory import build_store
 from bridge.supervise import Supervisor
 from bridge.upstream.client import MunsitClient
 
 RESULTS = {DeliveryState.DELIVERED: "delivered", DeliveryState.FAILED: "failed"}
 
 log = structlog.get_logger("bridge.service")
-
-
-def build_store(settings: Settings, *, exclusive: bool = False) -> Store:
-    """The configured store. `exclusive` (for `run`): hold its lock file, so a second
-    process on the same file is refused."""
-    return SqliteStore(
-        settings.store.sqlite_path(),
-        exclusive=exclusive,
-        max_attempts=1 + len(settings.delivery.retry_schedule_s),
-    )
 
 
 class Service:
@@ -64,9 +56,22 @@ class Service:
         self._on_poll = on_poll
         self._on_sent = on_sent
         self._sessions: list[aiohttp.ClientSession] = []
+        self._background: set[asyncio.Task[None]] = set()
         self.metrics = Metrics()
         # supervised components that keep failing: name -> their last error (for /readyz)
         self.failing: dict[str, str] = {}
+        # replicas share the store: a lease decides which one polls (SQLite: this one)
+        self.shared: LeaderStore | None = (
+            self.store if isinstance(self.store, LeaderStore) and self.store.shared else None
+        )
+        self.leadership: Leadership | None = None
+
+    @property
+    def role(self) -> str:
+        """`leader` (polls Munsit and delivers) or `follower` (delivers)."""
+        if self.shared is None:
+            return "leader"
+        return "leader" if self.leadership is not None and self.leadership.is_leader else "follower"
 
     async def __aenter__(self) -> Service:
         await self.store.open()
@@ -111,6 +116,7 @@ class Service:
             clock=self.clock,
             rand=self._rand,
             on_sent=self._sent,
+            shared=self.store.shared,
         )
         self.poller = Poller(
             self.client,
@@ -144,7 +150,7 @@ class Service:
         if self.store.created:
             log.warning(
                 "new store created: the first poll records a baseline",
-                store=str(self.settings.store.sqlite_path()),
+                store=self.settings.store.shown(),
             )
         configured = [s.id for s in self.settings.subscribers]
         orphaned, restored = await self.store.reconcile_subscribers(
@@ -214,15 +220,77 @@ class Service:
         )
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(supervisor.run("poller", lambda: self.poller.run(stop)))
+                if self.shared is None:
+                    self.metrics.leader.set(1)
+                    group.create_task(supervisor.run("poller", lambda: self.poller.run(stop)))
+                    group.create_task(supervisor.run("retention", lambda: retention.run(stop)))
+                else:  # the leader polls and sweeps
+                    self._start_shared(group, supervisor, self.shared, retention, stop)
                 group.create_task(supervisor.run("dispatcher", lambda: self.dispatcher.run(stop)))
-                group.create_task(supervisor.run("retention", lambda: retention.run(stop)))
         finally:
             if self.watcher is not None:
                 await self.watcher.close()
             if admin is not None:
                 await admin.cleanup()
         log.info("stopped cleanly")
+
+    def _start_shared(
+        self,
+        group: asyncio.TaskGroup,
+        supervisor: Supervisor,
+        shared: LeaderStore,
+        retention: Retention,
+        stop: asyncio.Event,
+    ) -> None:
+        """With replicas: poll (and sweep old rows) only while holding the poller's lease,
+        and hear at once what the others queue or change."""
+
+        async def polling() -> None:
+            try:
+                async with asyncio.TaskGroup() as leading:
+                    leading.create_task(supervisor.run("poller", lambda: self.poller.run(stop)))
+                    leading.create_task(supervisor.run("retention", lambda: retention.run(stop)))
+            finally:
+                if self.watcher is not None:
+                    await self.watcher.close()
+
+        self.leadership = Leadership(
+            shared,
+            replica=self.settings.store.replica_id,
+            lease_s=self.settings.store.leader_lease_s,
+            clock=self.clock,
+            polling=polling,
+            last_poll_at=lambda: self.poller.last_success_at,
+            on_change=lambda leader: self.metrics.leader.set(1 if leader else 0),
+        )
+        leadership = self.leadership
+        group.create_task(supervisor.run("leader", lambda: leadership.run(stop)))
+        group.create_task(supervisor.run("listener", lambda: shared.listen(self._notified, stop)))
+
+    async def leader_state(self) -> LeaderState | None:
+        """Who polls, as the shared store says (None: the store did not answer)."""
+        if self.shared is None:
+            return None
+        try:
+            return await self.shared.leader()
+        except StoreError:
+            return None
+
+    def _notified(self, payload: str) -> None:
+        """Another replica (or an operator through it) changed the outbox or a subscriber."""
+        if payload == "outbox":
+            self.dispatcher.wake()
+            return
+        task = asyncio.create_task(self._reload_health())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reload_health(self) -> None:
+        try:
+            await self.dispatcher.reload_health()
+        except StoreError as exc:
+            log.warning("cannot read subscriber states", error=describe(exc))
+            self.dispatcher.wake()
 
     def _log_summary(self) -> None:
         """One line that says what this process works with: which config, store, upstream
@@ -234,13 +302,15 @@ class Service:
             "munsit-bridge started",
             version=__version__,
             config=str(config_path) if config_path is not None else "(none: defaults and env)",
-            store=str(settings.store.sqlite_path()),
+            store=settings.store.shown(),
+            replica=settings.store.replica_id,
             upstream=settings.upstream.base_url,
             accounts=["default"],
             subscribers=[s.id for s in settings.subscribers],
             admin=f"http://{admin.host}:{self.admin_port}" if admin.enabled else "off",
             gateway="off",
-            role="leader",  # one process per SQLite file polls and delivers
+            # one process per SQLite file polls and delivers; replicas elect one to poll
+            role="leader" if self.shared is None else "elected by lease",
         )
 
     async def _start_admin(self) -> web.AppRunner:

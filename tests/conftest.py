@@ -1,4 +1,5 @@
-"""Shared fixtures: a clean environment, a fake clock, secrets."""
+"""Shared fixtures: a clean environment, a fake clock, secrets; the run's summary of the
+PostgreSQL tests skipped."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import structlog
 
 from bridge.clock import FakeClock
+from tests import pgdb
 
 
 @pytest.fixture(autouse=True)
@@ -42,3 +44,12 @@ def make_secret(seed: int = 1, size: int = 32) -> str:
 @pytest.fixture
 def secret() -> str:
     return make_secret()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say once, at the end, that the PostgreSQL half of the tests did not run, and why."""
+    if pgdb.skipped:
+        terminalreporter.write_line(
+            f"{len(pgdb.skipped)} PostgreSQL tests skipped: BRIDGE_TEST_PG_URL is not set"
+            " (set it to a postgresql:// URL to run them; .ci/run does)"
+        )

@@ -90,20 +90,34 @@ async def readyz(request: web.Request) -> web.Response:
     except BridgeError as exc:
         store_error = redact_text(str(exc))
     poller = service.poller
-    reasons = readiness(
-        now=service.clock.now(),
-        store_error=store_error,
-        auth_failed=poller.auth_failed,
-        last_success_at=poller.last_success_at,
-        last_error_kind=poll_error_kind(poller.last_error),
-        interval_s=poller.base_interval_s(),
-        failing=service.failing,
-    )
-    body = {
-        "ready": not reasons,
-        "reasons": reasons,
-        "last_poll_success_at": views.iso(poller.last_success_at),
-    }
+    role = service.role
+    body: dict[str, object] = {"role": role, "replica": service.settings.store.replica_id}
+    if role == "leader":
+        reasons = readiness(
+            now=service.clock.now(),
+            store_error=store_error,
+            auth_failed=poller.auth_failed,
+            last_success_at=poller.last_success_at,
+            last_error_kind=poll_error_kind(poller.last_error),
+            interval_s=poller.base_interval_s(),
+            failing=service.failing,
+        )
+        last_poll = poller.last_success_at
+    else:  # the leader's last successful poll, as it records it in the store
+        leader = await service.leader_state() if store_error is None else None
+        last_poll = None if leader is None else leader.last_poll_at
+        body["leader"] = None if leader is None else leader.replica
+        reasons = readiness(
+            now=service.clock.now(),
+            store_error=store_error,
+            auth_failed=False,
+            last_success_at=last_poll,
+            last_error_kind=None,
+            interval_s=poller.base_interval_s(),
+            failing=service.failing,
+            recorded_every_s=service.settings.store.leader_lease_s / 3,
+        )
+    body |= {"ready": not reasons, "reasons": reasons, "last_poll_success_at": views.iso(last_poll)}
     return web.json_response(body, status=503 if reasons else 200)
 
 

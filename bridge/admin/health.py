@@ -63,10 +63,12 @@ def readiness(
     last_error_kind: str | None,
     interval_s: float,
     failing: Mapping[str, str] | None = None,
+    recorded_every_s: float = 0.0,
 ) -> list[str]:
     """Why the service is not ready (an empty list: it is). Ready means the store answers,
     no supervised component keeps failing, the API key works and a poll succeeded within the
-    last `READY_POLL_INTERVALS` intervals."""
+    last `READY_POLL_INTERVALS` intervals (plus `recorded_every_s`, how stale a poll time
+    read from the store may be: a follower reads the leader's)."""
     reasons: list[str] = []
     if store_error is not None:
         reasons.append(f"store unreachable: {store_error}")
@@ -75,7 +77,7 @@ def readiness(
         reasons.append(KEY_REJECTED)
         return reasons
     failed = f"; last poll failed: {last_error_kind}" if last_error_kind else ""
-    limit = READY_POLL_INTERVALS * interval_s
+    limit = READY_POLL_INTERVALS * interval_s + recorded_every_s
     if last_success_at is None:
         reasons.append("no successful poll yet" + failed)
     elif now - last_success_at > limit:

@@ -14,7 +14,7 @@ from bridge.deliver.lanes import Lane
 from bridge.errors import StoreError
 from bridge.models import Delivery
 from bridge.redact import describe
-from bridge.store.base import Store
+from bridge.store.base import OutboxStore
 
 log = structlog.get_logger("bridge.deliver")
 
@@ -22,6 +22,11 @@ IDLE_WAIT_S = 60.0
 RECORD_S = 6.0  # time to record an attempt, waiting for the store's lock included
 STORE_RETRY_S = 5.0
 GATHER_TURNS = 3  # turns of the event loop a claim waits, so that it grows
+# a shared store (replicas): a lane left short may be at its cap because of another
+# replica's leases, which end with no wake-up here; look again this soon
+SHARED_RECHECK_S = 0.1
+# and with nothing due, it looks this often even without a wake-up (a missed NOTIFY, say)
+SHARED_IDLE_WAIT_S = 5.0
 
 
 class Ahead:
@@ -35,7 +40,7 @@ class Ahead:
 
     def __init__(
         self,
-        store: Store,
+        store: OutboxStore,
         lanes: dict[str, Lane],
         *,
         lease_s: float,
@@ -43,8 +48,12 @@ class Ahead:
         budget: int,
         on_ready: Callable[[], None],
         now: Callable[[], float],
+        shared: bool = False,
     ) -> None:
         self._store = store
+        # other processes claim from the same store: each lane's max_concurrency is a cap
+        # on its leases across all of them, and a short lane looks again soon
+        self._shared = shared
         self._now = now
         self._lanes = lanes
         self._lease_s = lease_s
@@ -129,7 +138,14 @@ class Ahead:
             return
         changes = self._changes
         try:
-            claimed = await self._store.claim_lanes(now=now, lease_s=self._lease_s, rooms=rooms)
+            caps = (
+                {sid: self._lanes[sid].max_concurrency for sid, _ in rooms}
+                if self._shared
+                else None
+            )
+            claimed = await self._store.claim_lanes(
+                now=now, lease_s=self._lease_s, rooms=rooms, caps=caps
+            )
             got = dict.fromkeys((sid for sid, _ in rooms), 0)
             for delivery in claimed:
                 queue = self._queues[delivery.subscriber_id]
@@ -146,7 +162,7 @@ class Ahead:
                 due = await self._store.next_due_at([*self._dry, *short])
                 if changes == self._changes:
                     self._dry.update(short)
-                    self.due_at = now + IDLE_WAIT_S if due is None else max(now, due)
+                    self.due_at = self._look_again(now, due)
         except Exception as exc:  # a store error, or anything unforeseen: try again later
             unforeseen = not isinstance(exc, StoreError)  # a bug: its traceback helps
             log.error(
@@ -160,6 +176,15 @@ class Ahead:
             self.due_at = self.due_at if keep else retry_at
         finally:
             self._on_ready()
+
+    def _look_again(self, now: float, due: float | None) -> float:
+        """When a lane left short looks again: when its next delivery falls due; with a
+        shared store also soon (another replica's leases may hold its cap) and at least
+        every `SHARED_IDLE_WAIT_S` (a wake-up may have been missed)."""
+        if not self._shared:
+            return now + IDLE_WAIT_S if due is None else max(now, due)
+        latest = now + SHARED_IDLE_WAIT_S
+        return latest if due is None else min(latest, max(now + SHARED_RECHECK_S, due))
 
     async def _hand_back(self, stale: list[Delivery]) -> None:
         """Release deliveries whose lease got too short to send them: due again now."""

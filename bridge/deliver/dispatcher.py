@@ -22,7 +22,7 @@ from bridge.deliver.sender import post
 from bridge.deliver.signing import Signer
 from bridge.models import Attempt, Delivery, DeliveryState
 from bridge.redact import describe
-from bridge.store.base import Store, SubscriberHealth
+from bridge.store.base import OutboxStore, SubscriberHealth
 
 log = structlog.get_logger("bridge.deliver")
 
@@ -47,7 +47,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        store: Store,
+        store: OutboxStore,
         session: aiohttp.ClientSession,
         *,
         subscribers: Sequence[SubscriberConfig],
@@ -55,6 +55,7 @@ class Dispatcher:
         clock: Clock,
         rand: Callable[[], float] = random.random,
         on_sent: Callable[[Sent], None] | None = None,
+        shared: bool = False,
     ) -> None:
         self._store = store
         self._session = session
@@ -86,6 +87,7 @@ class Dispatcher:
             budget=config.max_in_flight,
             on_ready=self._wake.set,
             now=clock.now,
+            shared=shared,
         )
 
     async def load_health(self) -> None:
@@ -103,6 +105,17 @@ class Dispatcher:
                 log.warning(
                     "subscriber stays disabled", subscriber=sid, reason=self._health[sid].reason
                 )
+
+    async def reload_health(self) -> None:
+        """Read the health records again: another replica sharing the store (or an
+        operator through it) enabled or disabled a subscriber, or recorded its failures."""
+        stored = await self._store.subscriber_health()
+        self._health = {sid: stored.get(sid, SubscriberHealth()) for sid in self._subs}
+        before = set(self._active)
+        self._refresh_active()
+        if set(self._active) != before:
+            log.info("subscriber states changed in the store", active=sorted(self._active))
+        self.wake()
 
     def _refresh_active(self) -> None:
         self._active = [

@@ -24,8 +24,8 @@ from bridge.store.base import (
     BASELINE_TIES,
     LAST_FULL_SCAN,
     SWEEP,
+    DetectionStore,
     ScanCommit,
-    Store,
 )
 
 log = structlog.get_logger("bridge.poll")
@@ -73,7 +73,7 @@ class Poller:
     def __init__(
         self,
         client: ListPages,
-        store: Store,
+        store: DetectionStore,
         *,
         upstream: UpstreamConfig,
         subscribers: Sequence[SubscriberConfig],

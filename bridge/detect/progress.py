@@ -25,7 +25,7 @@ from bridge.config import SubscriberConfig
 from bridge.deliver.routing import route
 from bridge.errors import UpstreamAuthError, UpstreamError, UpstreamNotFound
 from bridge.models import PENDING, PROGRESS, Event, RecordState
-from bridge.store.base import ScanCommit, Store
+from bridge.store.base import DetectionStore, ScanCommit
 
 log = structlog.get_logger("bridge.progress")
 
@@ -81,7 +81,7 @@ class ProgressWatcher:
     def __init__(
         self,
         source: ProgressSource,
-        store: Store,
+        store: DetectionStore,
         *,
         subscribers: Sequence[SubscriberConfig],
         max_streams: int,

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 from bridge.models import Page, Record, RecordState
-from bridge.store.base import Store
+from bridge.store.base import DetectionStore
 
 REALIGN_TRIES = 3
 
@@ -124,7 +124,9 @@ class _Pager:
     """Fetches pages within a budget, keeping each row once (its latest fetch) and what the
     store knew of it before this scan."""
 
-    def __init__(self, client: ListPages, store: Store, page_size: int, max_pages: int) -> None:
+    def __init__(
+        self, client: ListPages, store: DetectionStore, page_size: int, max_pages: int
+    ) -> None:
         self.client, self.store = client, store
         self.page_size, self.budget = page_size, max_pages
         self.pages = 0
@@ -158,7 +160,7 @@ class _Pager:
 
 async def scan(
     client: ListPages,
-    store: Store,
+    store: DetectionStore,
     *,
     page_size: int,
     max_pages: int,

@@ -1,13 +1,18 @@
-"""The store port: everything the service keeps between runs, behind one `Protocol`.
+"""The store ports: everything the service keeps between runs, cut by who uses it.
 
-Adapters (SQLite now) implement it; nothing above this line knows which database is used.
+`DetectionStore` (the poller and progress streams), `OutboxStore` (the dispatcher),
+`OperationsStore` (admin API, CLI, retention) and `LeaderStore` (who polls, when replicas
+share a store). `Store` is all of the first three; adapters (SQLite, PostgreSQL) implement
+it, and the store contract tests (tests/contract) hold both to the same rules. Nothing above
+this line knows which database is used.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from bridge.models import (
     Attempt,
@@ -65,20 +70,19 @@ class AttemptOutcome:
     next_attempt_at: float | None = None
 
 
-class Store(Protocol):
-    """Durable state: record states, events, the delivery outbox and attempt history."""
+@dataclass(frozen=True, slots=True)
+class LeaderState:
+    """Who holds the poller's lease, as the store says."""
+
+    replica: str | None  # the holder, None when no lease is held
+    expires_in_s: float | None  # by the database's clock
+    last_poll_at: float | None  # unix time of the leader's last successful poll
+
+
+class DetectionStore(Protocol):
+    """What the poller and the progress streams use: known states, a scan's commit, meta."""
 
     created: bool  # after `open()`: the store was new (the first poll records a baseline)
-
-    async def open(self) -> None:
-        """Connect and create or migrate the schema."""
-        ...
-
-    async def close(self) -> None: ...
-
-    async def ping(self) -> None:
-        """Raise `StoreError` unless the store answers."""
-        ...
 
     async def get_meta(self, key: str) -> str | None:
         """A small piece of service state (baseline mark, sweep position …)."""
@@ -104,6 +108,10 @@ class Store(Protocol):
         """Apply a scan atomically."""
         ...
 
+
+class OutboxStore(Protocol):
+    """What the dispatcher uses: claims (leases), attempts, release, due times, health."""
+
     async def claim_due(
         self, *, now: float, limit: int, lease_s: float, subscribers: Sequence[str]
     ) -> list[Delivery]:
@@ -111,10 +119,16 @@ class Store(Protocol):
         ...
 
     async def claim_lanes(
-        self, *, now: float, lease_s: float, rooms: Sequence[tuple[str, int]]
+        self,
+        *,
+        now: float,
+        lease_s: float,
+        rooms: Sequence[tuple[str, int]],
+        caps: Mapping[str, int] | None = None,
     ) -> list[Delivery]:
         """`claim_due` for several subscribers at once, each up to its own room, in one
-        round trip."""
+        round trip. `caps`: at most this many deliveries of a subscriber leased at once,
+        counting every process's unexpired leases (its `max_concurrency` across replicas)."""
         ...
 
     async def finish_attempt(
@@ -125,6 +139,24 @@ class Store(Protocol):
 
     async def next_due_at(self, subscribers: Sequence[str]) -> float | None:
         """When the earliest pending delivery of `subscribers` becomes claimable, if any."""
+        ...
+
+    async def release(self, delivery: Delivery, *, now: float) -> bool:
+        """Give up a claimed delivery without an attempt (shutdown): due again at `now`."""
+        ...
+
+    async def subscriber_health(self) -> dict[str, SubscriberHealth]:
+        """Every subscriber the bridge has a health record of."""
+        ...
+
+    async def set_subscriber_health(self, subscriber_id: str, health: SubscriberHealth) -> None: ...
+
+
+class OperationsStore(Protocol):
+    """What operators use (admin API, CLI) and retention: lists, retry, replay, counts."""
+
+    async def ping(self) -> None:
+        """Raise `StoreError` unless the store answers."""
         ...
 
     async def list_deliveries(
@@ -166,10 +198,6 @@ class Store(Protocol):
         they are; subscribers added since the event was recorded get one."""
         ...
 
-    async def release(self, delivery: Delivery, *, now: float) -> bool:
-        """Give up a claimed delivery without an attempt (shutdown): due again at `now`."""
-        ...
-
     async def counts_by_subscriber(self) -> dict[str, dict[DeliveryState, int]]:
         """Delivery counts per subscriber and state."""
         ...
@@ -190,8 +218,43 @@ class Store(Protocol):
         orphaned ones of configured subscribers (due `now`). Returns (orphaned, restored)."""
         ...
 
-    async def subscriber_health(self) -> dict[str, SubscriberHealth]:
-        """Every subscriber the bridge has a health record of."""
-        ...
+    async def subscriber_health(self) -> dict[str, SubscriberHealth]: ...
 
     async def set_subscriber_health(self, subscriber_id: str, health: SubscriberHealth) -> None: ...
+
+
+class Store(DetectionStore, OutboxStore, OperationsStore, Protocol):
+    """Durable state: record states, events, the delivery outbox and attempt history."""
+
+    shared: bool  # other processes may use the store at once (PostgreSQL): leases decide
+
+    async def open(self) -> None:
+        """Connect and create or migrate the schema."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class LeaderStore(Protocol):
+    """What replicas sharing a store coordinate with: the poller's lease (one of them
+    polls) and wake-ups (what one replica queued or changed, the others hear of at once)."""
+
+    async def listen(self, on_notify: Callable[[str], None], stop: asyncio.Event) -> None:
+        """Call `on_notify` with each wake-up's payload (`"outbox"`: deliveries became due;
+        `"health"`: a subscriber's health changed; `"reconnected"`: some may have been
+        missed) until `stop` is set."""
+        ...
+
+    async def hold_leadership(
+        self, replica: str, lease_s: float, *, last_poll_at: float | None
+    ) -> bool:
+        """Take the lease if it is free or ran out, or renew it if `replica` holds it, for
+        `lease_s` by the database's clock; record `last_poll_at`. True: `replica` holds it."""
+        ...
+
+    async def leader(self) -> LeaderState: ...
+
+    async def resign(self, replica: str) -> None:
+        """Give the lease up now if `replica` holds it (a clean shutdown)."""
+        ...

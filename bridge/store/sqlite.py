@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -57,6 +57,7 @@ class SqliteStore:
     After `open()`, `created` says whether the store was new (no schema yet)."""
 
     busy_timeout_s = 5.0  # how long a write waits for another connection's lock
+    shared = False  # one process per file (its lock file says which)
 
     def __init__(
         self,
@@ -232,13 +233,24 @@ class SqliteStore:
         return claimed.deliveries
 
     async def claim_lanes(
-        self, *, now: float, lease_s: float, rooms: Sequence[tuple[str, int]]
+        self,
+        *,
+        now: float,
+        lease_s: float,
+        rooms: Sequence[tuple[str, int]],
+        caps: Mapping[str, int] | None = None,
     ) -> list[Delivery]:
         token = uuid.uuid4().hex
         max_attempts = self.max_attempts
         claimed = await self._hot_tx(
             lambda c: claims.claim_lanes(
-                c, rooms, now=now, until=now + lease_s, token=token, max_attempts=max_attempts
+                c,
+                rooms,
+                now=now,
+                until=now + lease_s,
+                token=token,
+                max_attempts=max_attempts,
+                caps=caps,
             )
         )
         claims.log_lost(claimed.lost)

@@ -6,16 +6,15 @@ Plain functions of a connection, run by `SqliteStore` inside a write transaction
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
-from typing import Any, NamedTuple
-
-import structlog
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from bridge import jsontext
 from bridge.models import Attempt, Delivery, Event
 from bridge.store.base import AttemptOutcome
+from bridge.store.claims_common import LOST_ATTEMPT, Claimed, Lost, log_lost
 
-log = structlog.get_logger("bridge.store")
+__all__ = ["LOST_ATTEMPT", "Claimed", "Lost", "log_lost"]
 
 # per (subscriber, record), nothing goes while an earlier event is still pending (CROSS JOIN
 # keeps this order: from the record's few earlier events, never from the lane's many pending
@@ -43,24 +42,6 @@ _DUE = (
 )
 LANES_PER_CLAIM = 100  # lanes claimed for by one statement (SQLite allows 500 compound terms)
 
-# the attempt a claim records for a delivery whose earlier lease ran out with no outcome
-LOST_ATTEMPT = "no outcome recorded: the worker stopped or its lease expired mid-attempt"
-
-
-class Lost(NamedTuple):
-    """A claimed delivery whose lease ran out with no outcome: counted as an attempt."""
-
-    delivery_id: int
-    subscriber_id: str
-    event_id: str
-    attempt: int  # its number
-    dead: bool  # that was the last one: dead-lettered
-
-
-class Claimed(NamedTuple):
-    deliveries: list[Delivery]
-    lost: list[Lost]
-
 
 def claim(
     conn: sqlite3.Connection,
@@ -86,8 +67,12 @@ def claim_lanes(
     until: float,
     token: str,
     max_attempts: int,
+    caps: Mapping[str, int] | None = None,
 ) -> Claimed:
-    """`claim` for each subscriber up to its own room, many lanes to a statement."""
+    """`claim` for each subscriber up to its own room (and its cap: unexpired leases of
+    the subscriber's deliveries count against it), many lanes to a statement."""
+    if caps:
+        rooms = [(sub, min(room, _cap_room(conn, sub, caps, now))) for sub, room in rooms]
     rooms = [(sub, room) for sub, room in rooms if room > 0]
     claimed = Claimed([], [])
     for start in range(0, len(rooms), LANES_PER_CLAIM):
@@ -100,6 +85,17 @@ def claim_lanes(
         claimed.deliveries.extend(got.deliveries)
         claimed.lost.extend(got.lost)
     return claimed
+
+
+def _cap_room(conn: sqlite3.Connection, sub: str, caps: Mapping[str, int], now: float) -> int:
+    if sub not in caps:
+        return 1 << 30
+    (leased,) = conn.execute(
+        "SELECT COUNT(*) FROM deliveries WHERE subscriber_id = ? AND state = 'pending'"
+        " AND lease_until > ?",
+        (sub, now),
+    ).fetchone()
+    return int(caps[sub]) - int(leased)
 
 
 def _lease(
@@ -172,21 +168,6 @@ def _count_lost(
         Lost(row[0], row[1], row[3], row[2] + 1, row[2] + 1 - row[11] >= max_attempts)
         for row in rows
     ]
-
-
-def log_lost(lost: Sequence[Lost]) -> None:
-    """A line per delivery a claim found with no outcome, as the dispatcher logs attempts."""
-    for item in lost:
-        fields = {
-            "event_id": item.event_id,
-            "subscriber": item.subscriber_id,
-            "attempt": item.attempt,
-            "error": LOST_ATTEMPT,
-        }
-        if item.dead:
-            log.error("delivery failed for good (dead-lettered)", **fields)
-        else:
-            log.warning("delivery attempt failed, will retry", **fields)
 
 
 def next_due_at(conn: sqlite3.Connection, subscribers: Sequence[str]) -> float | None:

@@ -151,7 +151,7 @@ def replay(
                     "INSERT INTO deliveries (event_seq, subscriber_id, state, next_attempt_at,"
                     " created_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?)"
                     " ON CONFLICT (event_seq, subscriber_id) DO UPDATE SET state = 'pending',"
-                    " attempts = 0, next_attempt_at = excluded.next_attempt_at,"
+                    " schedule_from = attempts, next_attempt_at = excluded.next_attempt_at,"
                     " updated_at = excluded.updated_at WHERE deliveries.state != 'pending'",
                     (seq, sub, now, now, now),
                 )

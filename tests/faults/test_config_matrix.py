@@ -107,13 +107,23 @@ ROWS = [
     Row("upstream.max_response_bytes", "1000", "Input should be greater than or equal to 4096"),
     Row("store.retention_days", "0", "Input should be greater than 0"),
     # [store]
-    Row("store.url", '"postgresql://db.example/bridge"', "must be sqlite:///relative/path"),
+    Row("store.url", '"mysql://db.example/bridge"', "must be sqlite:///relative/path"),
+    Row("store.url", '"postgresql://db.example"', "must name a database"),
     Row(
         "store.url",
-        '"postgresql://bridge:S3cretPw@db.example/bridge?sslkey=K3Y"',
-        "got 'postgresql://db.example'",
+        '"postgresql://bridge:S3cretPw@db.example:99999/bridge?sslkey=K3Y"',
+        "has an invalid port: 'postgresql://<url>'",
         hidden="S3cretPw",
     ),
+    Row(
+        "store.url",
+        '"mysql://bridge:S3cretPw@db.example/bridge?sslkey=K3Y"',
+        "got 'mysql://db.example'",
+        hidden="S3cretPw",
+    ),
+    Row("store.leader_lease_s", "0.1", "Input should be greater than or equal to 0.3"),
+    Row("store.replica_id", '""', "String should have at least 1 character"),
+    Row("store.replica_id", '"a\\tb"', "must be printable"),
     Row("store.url", '"sqlite:///"', "must be sqlite:///relative/path"),
     Row("store.url", "5", "Input should be a valid string"),
     # [delivery]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import sqlite3
 import time
@@ -955,12 +956,18 @@ async def test_readyz_before_any_poll_and_after_a_successful_one(world: World) -
         await svc.poller.tick()
         after = await call(http, "GET", "/readyz")
 
+    replica = svc.settings.store.replica_id
+    assert replica == f"{socket.gethostname()}-{os.getpid()}"  # the default: hostname-pid
     assert before == {
+        "role": "leader",  # SQLite: the one process polls
+        "replica": replica,
         "ready": False,
         "reasons": ["no successful poll yet"],
         "last_poll_success_at": None,
     }
     assert after == {
+        "role": "leader",
+        "replica": replica,
         "ready": True,
         "reasons": [],
         "last_poll_success_at": iso_utc(world.clock.now()),

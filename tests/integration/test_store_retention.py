@@ -1,5 +1,7 @@
-"""Retention (old rows deleted in small batches), orphaned deliveries of subscribers no longer
-configured, and the delivery counters the gauges read, all on an injected `now`."""
+"""Retention and the delivery counters on SQLite: the queries read indexes, the counters the
+triggers keep always equal a GROUP BY, the migration that added them counts what was there.
+What retention deletes and keeps, orphans and the counters after each transition are the
+store contract's (tests/contract); the helpers here are used by test_retention_service."""
 
 from __future__ import annotations
 
@@ -23,7 +25,6 @@ from bridge.store.sqlite_schema import MIGRATIONS, statements
 DAY_S = 86400.0
 R = 30 * DAY_S  # retention
 DONE = AttemptOutcome(DeliveryState.DELIVERED)
-DEAD = AttemptOutcome(DeliveryState.FAILED)
 
 
 def event(name: str, at: float) -> Event:
@@ -57,70 +58,25 @@ def ids(path: Path, table: str, column: str = "id") -> set[object]:
     return {row[0] for row in rows(path, f"SELECT {column} FROM {table}")}
 
 
-# --- retention ------------------------------------------------------------------------------
+# --- retention (what goes and what stays: tests/contract/test_retention.py) -----------------
 
 
-async def test_old_delivered_deliveries_go_in_batches_with_their_attempts_and_events(
+async def test_purged_deliveries_leave_no_attempts_behind(
     store: SqliteStore, tmp_path: Path
 ) -> None:
+    """What the port cannot show: a purged delivery's attempts are deleted with it."""
     path = tmp_path / "b.db"
-    await enqueue(store, 0.0, *(f"old{i}" for i in range(5)))
-    assert await settle(store, "a", 10.0, DONE) == 5
-    await enqueue(store, R, "recent")  # 30 days younger
-    assert await settle(store, "a", R + 10.0, DONE) == 1
-    now = R + 20.0  # the first five are older than the window; `recent` is not
-    counts = []
-    while deleted := await store.purge(now=now, retention_s=R, batch=2):
-        counts.append(deleted)
-    assert counts == [4, 4, 2]  # 2 deliveries + their 2 events per batch, then the last one
-    assert ids(path, "events") == {"evt_recent"}
-    assert len(ids(path, "deliveries")) == 1 and len(ids(path, "attempts")) == 1
-    assert len(ids(path, "records")) == 6  # known states are kept
-    assert (await store.count_deliveries())[DeliveryState.DELIVERED] == 1
-
-
-async def test_dead_letters_and_orphans_stay_until_twice_as_old(
-    store: SqliteStore, tmp_path: Path
-) -> None:
-    path = tmp_path / "b.db"
-    await enqueue(store, 0.0, "dead", "orphan", "pending")
-    [dead, orphan, pending] = await store.claim_due(now=0.0, limit=3, lease_s=60, subscribers=["a"])
-    assert await store.finish_attempt(dead, Attempt(10.0, 500, 1.0, "HTTP 500", ""), DEAD)
-    assert await store.release(orphan, now=10.0) and await store.release(pending, now=10.0)
-    await store.commit_scan(ScanCommit([], [(event("orphan2", 0.0), ["gone"])], now=10.0))
-    assert await store.reconcile_subscribers(["a"], now=10.0) == (1, 0)
-    assert await store.purge(now=2 * R, retention_s=R) == 0  # older than R, not than 2R
-    assert len(ids(path, "deliveries")) == 4
-    # twice as old: the dead letter and the orphan go with their events; pending stays
-    assert await store.purge(now=2 * R + 11.0, retention_s=R) == 4
-    assert ids(path, "events") == {"evt_orphan", "evt_pending"}  # each has a pending delivery
-    assert ids(path, "attempts") == set()
-    [(state, n)] = rows(path, "SELECT state, COUNT(*) FROM deliveries GROUP BY state")
-    assert (state, n) == ("pending", 2)
-
-
-async def test_events_nobody_gets_go_once_old(store: SqliteStore, tmp_path: Path) -> None:
-    path = tmp_path / "b.db"
-    await enqueue(store, 0.0, *(f"lone{i}" for i in range(7)), to=())
-    await enqueue(store, 5.0, "kept", to=("a",))  # old, but its delivery is still pending
-    await enqueue(store, R, "young", to=())
-    assert await store.purge(now=R + 1.0, retention_s=R, batch=3) == 3
-    assert await store.purge(now=R + 1.0, retention_s=R, batch=3) == 3
-    assert await store.purge(now=R + 1.0, retention_s=R, batch=3) == 1
-    assert await store.purge(now=R + 1.0, retention_s=R, batch=3) == 0
-    assert ids(path, "events") == {"evt_kept", "evt_young"}
-    # `kept` goes with its delivery, `young` once it is old too
-    assert await settle(store, "a", R + 2.0, DONE) == 1
-    assert await store.purge(now=2 * R + 3.0, retention_s=R) == 3
-    assert ids(path, "events") == set()
-
-
-async def test_an_event_replayed_meanwhile_is_kept(store: SqliteStore, tmp_path: Path) -> None:
-    await enqueue(store, 0.0, "lone", to=())
-    replayed = await store.replay(since=0.0, event_type=None, targets=lambda _: ["a"], now=1.0)
-    assert replayed.deliveries == 1
-    assert await store.purge(now=R + 1.0, retention_s=R) == 0
-    assert ids(tmp_path / "b.db", "events") == {"evt_lone"}
+    await enqueue(store, 0.0, "done", "dead", "kept")
+    claimed = await store.claim_due(now=0.0, limit=3, lease_s=60, subscribers=["a"])
+    outcomes = {"evt_done": DONE, "evt_dead": AttemptOutcome(DeliveryState.FAILED)}
+    for d in claimed:
+        outcome = outcomes.get(d.event.id, AttemptOutcome(DeliveryState.PENDING, 5.0))
+        assert await store.finish_attempt(d, Attempt(1.0, 500, 1.0, "HTTP 500", ""), outcome)
+    assert len(ids(path, "attempts")) == 3
+    while await store.purge(now=2 * R + 2.0, retention_s=R, batch=1) >= 1:
+        pass
+    [kept] = ids(path, "deliveries")
+    assert {row[0] for row in rows(path, "SELECT delivery_id FROM attempts")} == {kept}
 
 
 def test_retention_reads_indexes_not_whole_tables(tmp_path: Path) -> None:
@@ -135,45 +91,6 @@ def test_retention_reads_indexes_not_whole_tables(tmp_path: Path) -> None:
     assert [d for d in details if d.startswith("SCAN")] == [], details
     for state in ("delivered", "failed", "orphaned"):
         assert any(f"deliveries_{state}" in d for d in details), details
-
-
-# --- orphans --------------------------------------------------------------------------------
-
-
-async def test_a_removed_subscribers_deliveries_are_set_aside_and_come_back(
-    store: SqliteStore,
-) -> None:
-    await enqueue(store, 0.0, "one", "two", to=("a", "b"))
-    [first] = await store.claim_due(now=1.0, limit=1, lease_s=60, subscribers=["b"])
-    assert await store.finish_attempt(first, Attempt(1.0, 200, 1.0, None, ""), DONE)
-    assert await store.reconcile_subscribers(["a"], now=2.0) == (1, 0)
-    counts = await store.count_deliveries()
-    assert counts[DeliveryState.PENDING] == 2 and counts[DeliveryState.ORPHANED] == 1
-    assert (await store.counts_by_subscriber())["b"][DeliveryState.ORPHANED] == 1
-    [orphan] = await store.list_deliveries(state=DeliveryState.ORPHANED)
-    assert (orphan.subscriber_id, orphan.event_id, orphan.next_attempt_at) == ("b", "evt_two", None)
-    assert await store.claim_due(now=9.0, limit=10, lease_s=60, subscribers=["b"]) == []
-    assert await store.next_due_at(["b"]) is None
-    # a replay names configured subscribers only: the orphan stays put
-    await store.replay(since=0.0, event_type=None, targets=lambda _: ["a"], now=3.0)
-    assert (await store.count_deliveries())[DeliveryState.ORPHANED] == 1
-    # configured again: pending, due now, with the attempts it had
-    assert await store.reconcile_subscribers(["a", "b"], now=5.0) == (0, 1)
-    [back] = await store.claim_due(now=5.0, limit=10, lease_s=60, subscribers=["b"])
-    assert back.event.id == "evt_two" and back.attempts == 0
-    assert (await store.count_deliveries())[DeliveryState.ORPHANED] == 0
-    assert await store.reconcile_subscribers(["a", "b"], now=6.0) == (0, 0)
-
-
-async def test_a_replay_to_a_returning_subscriber_takes_its_orphans_back(
-    store: SqliteStore,
-) -> None:
-    await enqueue(store, 0.0, "one", to=("b",))
-    assert await store.reconcile_subscribers([], now=1.0) == (1, 0)
-    replayed = await store.replay(since=0.0, event_type=None, targets=lambda _: ["b"], now=2.0)
-    assert replayed.deliveries == 1
-    [d] = await store.claim_due(now=2.0, limit=10, lease_s=60, subscribers=["b"])
-    assert d.event.id == "evt_one"
 
 
 # --- counters -------------------------------------------------------------------------------

@@ -1,0 +1,306 @@
+"""PostgreSQL adapter of the store port, for replicas sharing one database: the rules of the
+SQLite store, a transaction per operation on a small pool (`pg_pool`); the SQL is in
+`pg_scan`, `pg_claim`, `pg_ops`, `pg_retention` and `pg_leader`, the schema in `pg_schema`,
+the group commit of attempts in `pg_finish`, the wake-ups between replicas in `pg_listen`.
+
+Clock: with `db_clock` (production), lease and due times are the database's, so replicas
+whose clocks disagree still agree on when a lease runs out: the `now` given to claims,
+release, retry, replay and reconcile, and the due time of the deliveries a scan queues, are
+replaced by the database's clock; an attempt's next due time is turned into a delay on this
+process's clock and set that far from the database's; `next_due_at` answers on this
+process's clock. Without it (tests with a fake clock), every time is used as given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+
+from bridge.models import (
+    Attempt,
+    Delivery,
+    DeliveryState,
+    DeliveryView,
+    Event,
+    RecordState,
+    Replayed,
+)
+from bridge.store import pg_claim as claims
+from bridge.store import pg_leader as leases
+from bridge.store import pg_ops as ops
+from bridge.store import pg_retention as retention
+from bridge.store import pg_scan as scans
+from bridge.store.base import (
+    BASELINE_MARK,
+    AttemptOutcome,
+    Committed,
+    LeaderState,
+    ScanCommit,
+    SubscriberHealth,
+)
+from bridge.store.claims_common import Claimed, log_lost
+from bridge.store.pg_finish import Finisher
+from bridge.store.pg_listen import HEALTH, OUTBOX, channel_name, listen, notify
+from bridge.store.pg_pool import Pool
+from bridge.store.pg_schema import Conn
+
+DEFAULT_MAX_ATTEMPTS = 8  # 1 + len(delivery.retry_schedule_s) with the default schedule
+
+
+class PgStore:
+    """The `Store` and `LeaderStore` ports on a PostgreSQL database (in the schema the URL's
+    search_path names first). `replica_id`: this process's name in the poller's lease; a
+    scan is refused while another replica holds it. `max_attempts`: a delivery whose lease
+    runs out with no outcome counts an attempt, and is dead-lettered after this many.
+    After `open()`: `created` (the schema held no store), `store_id`, `schema_version`."""
+
+    shared = True  # replicas share the database: leases decide who does what
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        replica_id: str = "",
+        db_clock: bool = True,
+        pool_max: int = 8,
+        open_timeout_s: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.max_attempts = max_attempts
+        self.replica_id = replica_id
+        self.db_clock = db_clock
+        self.created = False
+        self.store_id: str | None = None
+        self.schema_version = 0
+        self.schema: str | None = None  # where the store is (after `open()`)
+        self._db = Pool(url, size=pool_max, open_timeout_s=open_timeout_s, db_clock=db_clock)
+        self._channel = ""
+        self._purged_up_to = 0  # events up to this seq were looked at by purges
+        self._finisher = Finisher(self._db)
+
+    async def open(self) -> None:
+        """Create or migrate the schema, then open the pool of connections."""
+        migrated = await self._db.open()
+        self.created, self.store_id = migrated.created, migrated.store_id
+        self.schema_version, self.schema = migrated.version, migrated.schema
+        self._channel = channel_name(migrated.schema)
+
+    async def close(self) -> None:
+        await self._finisher.close()
+        await self._db.close()
+
+    async def _now(self, conn: Conn, now: float) -> float:
+        return await self._db.now(conn, now)
+
+    async def ping(self) -> None:
+        await self._db.read("ping", lambda c: c.execute("SELECT 1"))
+
+    async def get_meta(self, key: str) -> str | None:
+        return await self._db.read("reading service state", lambda c: scans.get_meta(c, key))
+
+    async def baseline_done(self) -> bool:
+        return await self.get_meta(BASELINE_MARK) is not None
+
+    async def newest_created_at(self) -> str | None:
+        return await self._db.read("reading records", scans.newest_created_at)
+
+    async def known_states(self, record_ids: Sequence[str]) -> dict[str, RecordState]:
+        return await self._db.read("reading records", lambda c: scans.known_states(c, record_ids))
+
+    async def tracked_pending(self) -> list[RecordState]:
+        return await self._db.read("reading records", scans.tracked_pending)
+
+    async def commit_scan(self, commit: ScanCommit) -> Committed:
+        async def run(conn: Conn) -> Committed:
+            await leases.fence(conn, self.replica_id)
+            done = await scans.commit_scan(conn, commit, due_at=await self._now(conn, commit.now))
+            if done.deliveries:
+                await notify(conn, self._channel, OUTBOX)
+            return done
+
+        return await self._db.tx("committing a scan", run)
+
+    async def claim_due(
+        self, *, now: float, limit: int, lease_s: float, subscribers: Sequence[str]
+    ) -> list[Delivery]:
+        if not subscribers or limit <= 0:
+            return []
+        token, subs = uuid.uuid4().hex, list(subscribers)
+
+        async def run(conn: Conn) -> Claimed:
+            at = await self._now(conn, now)
+            return await claims.claim(
+                conn,
+                subs,
+                limit,
+                now=at,
+                until=at + lease_s,
+                token=token,
+                max_attempts=self.max_attempts,
+            )
+
+        claimed = await self._db.tx("claiming deliveries", run)
+        log_lost(claimed.lost)
+        return claimed.deliveries
+
+    async def claim_lanes(
+        self,
+        *,
+        now: float,
+        lease_s: float,
+        rooms: Sequence[tuple[str, int]],
+        caps: Mapping[str, int] | None = None,
+    ) -> list[Delivery]:
+        if not any(room > 0 for _, room in rooms):
+            return []
+        token = uuid.uuid4().hex
+
+        async def run(conn: Conn) -> Claimed:
+            if caps:  # before reading the clock: the lease runs from when the claim can go
+                await claims.lock_lanes(conn, [sub for sub, _ in rooms if sub in caps])
+            at = await self._now(conn, now)
+            return await claims.claim_lanes(
+                conn,
+                rooms,
+                now=at,
+                until=at + lease_s,
+                token=token,
+                max_attempts=self.max_attempts,
+                caps=caps,
+            )
+
+        claimed = await self._db.tx("claiming deliveries", run)
+        log_lost(claimed.lost)
+        return claimed.deliveries
+
+    async def finish_attempt(
+        self, delivery: Delivery, attempt: Attempt, outcome: AttemptOutcome
+    ) -> bool:
+        """Group commit (see `pg_finish`)."""
+        return await self._finisher.finish(delivery, attempt, outcome)
+
+    async def next_due_at(self, subscribers: Sequence[str]) -> float | None:
+        if not subscribers:
+            return None
+        sent = time.time()
+        due, db_now = await self._db.read(
+            "reading due times", lambda c: claims.next_due_at(c, list(subscribers))
+        )
+        if due is None or not self.db_clock:
+            return due
+        self._db.measured(sent, db_now)
+        return due - self._db.clock_offset_s
+
+    async def release(self, delivery: Delivery, *, now: float) -> bool:
+        async def run(conn: Conn) -> bool:
+            at = await self._now(conn, now)
+            done = await claims.release(conn, delivery.id, delivery.lease_token, at)
+            if done:
+                await notify(conn, self._channel, OUTBOX)
+            return done
+
+        return await self._db.tx("releasing a delivery", run)
+
+    async def list_deliveries(
+        self,
+        *,
+        state: DeliveryState | None = None,
+        subscriber: str | None = None,
+        limit: int = 100,
+        before: int | None = None,
+    ) -> list[DeliveryView]:
+        return await self._db.read(
+            "listing deliveries", lambda c: ops.list_deliveries(c, state, subscriber, limit, before)
+        )
+
+    async def get_delivery(self, delivery_id: int) -> DeliveryView | None:
+        return await self._db.read("reading a delivery", lambda c: ops.get_delivery(c, delivery_id))
+
+    async def list_events(
+        self, *, event_type: str | None = None, limit: int = 100, before: str | None = None
+    ) -> list[Event] | None:
+        return await self._db.read(
+            "listing events", lambda c: ops.list_events(c, event_type, limit, before)
+        )
+
+    async def retry(self, delivery_id: int, *, now: float) -> DeliveryState | None:
+        async def run(conn: Conn) -> DeliveryState | None:
+            state = await ops.retry(conn, delivery_id, await self._now(conn, now))
+            if state in (DeliveryState.FAILED, DeliveryState.PENDING):
+                await notify(conn, self._channel, OUTBOX)
+            return state
+
+        return await self._db.tx("retrying a delivery", run)
+
+    async def replay(
+        self,
+        *,
+        since: float,
+        event_type: str | None,
+        targets: Callable[[str], Sequence[str]],
+        now: float,
+    ) -> Replayed:
+        async def run(conn: Conn) -> Replayed:
+            done = await ops.replay(conn, since, event_type, targets, await self._now(conn, now))
+            if done.deliveries:
+                await notify(conn, self._channel, OUTBOX)
+            return done
+
+        return await self._db.tx("replaying events", run)
+
+    async def counts_by_subscriber(self) -> dict[str, dict[DeliveryState, int]]:
+        return await self._db.tx("counting deliveries", ops.folded(ops.counts_by_subscriber))
+
+    async def count_deliveries(self) -> dict[DeliveryState, int]:
+        """Deliveries by state, from the counters the store keeps (not a scan)."""
+        return await self._db.tx("counting deliveries", ops.folded(ops.count_deliveries))
+
+    async def subscriber_health(self) -> dict[str, SubscriberHealth]:
+        return await self._db.read("reading subscriber health", ops.subscriber_health)
+
+    async def set_subscriber_health(self, subscriber_id: str, health: SubscriberHealth) -> None:
+        async def run(conn: Conn) -> None:
+            await ops.set_subscriber_health(conn, subscriber_id, health)
+            await notify(conn, self._channel, HEALTH)
+
+        await self._db.tx("recording subscriber health", run)
+
+    async def purge(self, *, now: float, retention_s: float, batch: int = 500) -> int:
+        """One step of retention, with the rules and the answer of `SqliteStore.purge`; it
+        also folds the count deltas."""
+        deleted, self._purged_up_to = await retention.purge(
+            self._db, now=now, retention_s=retention_s, batch=batch, after=self._purged_up_to
+        )
+        return deleted
+
+    async def reconcile_subscribers(
+        self, configured: Sequence[str], *, now: float
+    ) -> tuple[int, int]:
+        async def run(conn: Conn) -> tuple[int, int]:
+            at = await self._now(conn, now)
+            orphaned, restored = await retention.reconcile_subscribers(conn, configured, at)
+            if restored:
+                await notify(conn, self._channel, OUTBOX)
+            return orphaned, restored
+
+        return await self._db.tx("reconciling subscribers", run)
+
+    async def hold_leadership(
+        self, replica: str, lease_s: float, *, last_poll_at: float | None
+    ) -> bool:
+        return await self._db.read(
+            "holding the poller's lease", lambda c: leases.hold(c, replica, lease_s, last_poll_at)
+        )
+
+    async def leader(self) -> LeaderState:
+        return await self._db.read("reading the poller's lease", leases.read)
+
+    async def resign(self, replica: str) -> None:
+        await self._db.read("giving up the poller's lease", lambda c: leases.resign(c, replica))
+
+    async def listen(self, on_notify: Callable[[str], None], stop: asyncio.Event) -> None:
+        """Wake-ups from every replica (see `pg_listen`) until `stop` is set."""
+        await listen(self.url, on_notify, stop)

@@ -1,0 +1,260 @@
+"""The PostgreSQL store on a real server (BRIDGE_TEST_PG_URL; each test in a schema of its
+own): migrations, the database's clock, the counts, wake-ups, probing and its errors. Two
+replicas on one database: test_store_pg_replicas. The port's rules, shared with SQLite:
+tests/contract."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+import structlog
+
+from bridge.errors import StoreError
+from bridge.models import Attempt, DeliveryState, Event, RecordState
+from bridge.store.base import AttemptOutcome, ScanCommit, SubscriberHealth
+from bridge.store.pg import PgStore
+from bridge.store.pg_probe import probe_pg
+from bridge.store.pg_schema import migrations
+from tests.pgdb import fresh_schema, require_pg
+
+DEADLINE_S = 10.0
+
+
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A URL whose connections use a new, empty schema (dropped afterwards)."""
+    with fresh_schema(require_pg(request.node.nodeid)) as url:
+        yield url
+
+
+@pytest.fixture
+async def pg(pg_url: str) -> AsyncIterator[PgStore]:
+    """An open store on that schema, on the clock its callers give (like the contract's)."""
+    store = PgStore(pg_url, db_clock=False)
+    await store.open()
+    yield store
+    await store.close()
+
+
+def event(n: int, rid: str = "r1") -> Event:
+    return Event(f"evt_{n}", "denoise.completed", rid, float(n), None, {"id": rid, "n": n})
+
+
+async def sql(url: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The rows of `query`, on a connection of the test's own."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cur = await conn.execute(query, params or None)
+        return await cur.fetchall() if cur.description else []
+
+
+async def test_reopening_does_not_migrate_again(pg_url: str) -> None:
+    first = PgStore(pg_url)
+    await first.open()
+    await first.close()
+    again = PgStore(pg_url)
+    await again.open()
+    await again.close()
+    known = len(migrations())
+    assert (first.created, again.created) == (True, False)
+    assert first.schema_version == again.schema_version == known
+    assert first.store_id == again.store_id and len(first.store_id or "") == 32
+    versions = await sql(pg_url, "SELECT version FROM schema_migrations ORDER BY version")
+    assert versions == [(v,) for v in range(1, known + 1)]
+
+
+async def test_replicas_opening_an_empty_database_at_once_migrate_it_once(pg_url: str) -> None:
+    stores = [PgStore(pg_url, pool_max=2) for _ in range(5)]
+    try:
+        await asyncio.gather(*(s.open() for s in stores))
+        assert sorted(s.created for s in stores) == [False] * 4 + [True]
+        assert len({s.store_id for s in stores}) == 1
+        assert {s.schema_version for s in stores} == {len(migrations())}
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+    counted = await sql(pg_url, "SELECT version, COUNT(*) FROM schema_migrations GROUP BY 1")
+    assert sorted(counted) == [(v, 1) for v in range(1, len(migrations()) + 1)]
+
+
+async def test_a_newer_schema_is_refused(pg: PgStore, pg_url: str) -> None:
+    await sql(pg_url, "INSERT INTO schema_migrations (version) VALUES (99)")
+    with pytest.raises(StoreError, match="schema version 99 is newer than this bridge knows"):
+        await PgStore(pg_url).open()
+    probe = asyncio.create_task(probe_pg(pg_url))
+    with pytest.raises(StoreError, match="schema version 99 is newer"):
+        await probe
+
+
+async def test_db_clock_claims_on_the_database_time_whatever_the_caller_says(
+    pg_url: str,
+) -> None:
+    store = PgStore(pg_url, db_clock=True)
+    await store.open()
+    try:
+        # a scan's deliveries are due by the database's clock, not at the commit's `now`
+        await store.commit_scan(ScanCommit([], [(event(1), ["a"])], now=5e9))
+        [d] = await store.claim_due(now=0.0, limit=5, lease_s=60.0, subscribers=["a"])
+        [(left,)] = await sql(
+            pg_url,
+            "SELECT lease_until - extract(epoch FROM clock_timestamp())::float8 FROM deliveries",
+        )
+        assert 50.0 < left <= 60.0  # the lease runs from the database's now
+        # answered on this process's clock: when the lease runs out, about a minute from now
+        due = await store.next_due_at(["a"])
+        assert due is not None and abs(due - (time.time() + 60.0)) < 10.0
+        # an absolute time from the caller becomes that delay on the database's clock
+        outcome = AttemptOutcome(DeliveryState.PENDING, time.time() + 1000.0)
+        assert await store.finish_attempt(
+            d, Attempt(time.time(), 500, 1.0, "HTTP 500", ""), outcome
+        )
+        [(delay,)] = await sql(
+            pg_url,
+            "SELECT next_attempt_at - extract(epoch FROM clock_timestamp())::float8"
+            " FROM deliveries",
+        )
+        assert 990.0 < delay <= 1000.0
+        assert await store.claim_due(now=1e12, limit=5, lease_s=60.0, subscribers=["a"]) == []
+    finally:
+        await store.close()
+
+
+async def test_counts_equal_a_group_by_through_every_transition_and_fold(
+    pg: PgStore, pg_url: str
+) -> None:
+    async def group_by() -> dict[DeliveryState, int]:
+        counts = dict.fromkeys(DeliveryState, 0)
+        for state, n in await sql(pg_url, "SELECT state, COUNT(*) FROM deliveries GROUP BY 1"):
+            counts[DeliveryState(state)] = n
+        return counts
+
+    await pg.commit_scan(
+        ScanCommit([], [(event(n, f"r{n}"), ["a", "b"]) for n in range(6)], now=0.0)
+    )
+    claimed = await pg.claim_due(now=0.0, limit=4, lease_s=30.0, subscribers=["a"])
+    outcomes = [DeliveryState.DELIVERED, DeliveryState.FAILED, DeliveryState.DELIVERED]
+    for d, state in zip(claimed, outcomes, strict=False):
+        assert await pg.finish_attempt(d, Attempt(1.0, 200, 1.0, None, ""), AttemptOutcome(state))
+    assert await pg.count_deliveries() == await group_by()
+    assert await pg.reconcile_subscribers(["a"], now=2.0) == (6, 0)
+    assert await pg.count_deliveries() == await group_by()
+    assert await pg.purge(now=1e9, retention_s=10.0) > 0
+    assert await pg.count_deliveries() == await group_by()
+    # the purge folded the deltas: the counters alone hold the counts now
+    assert await sql(pg_url, "SELECT * FROM delivery_count_deltas") == []
+    by_sub = await pg.counts_by_subscriber()
+    assert by_sub == {"a": {**dict.fromkeys(DeliveryState, 0), DeliveryState.PENDING: 3}}
+
+
+async def test_listen_hears_what_another_store_does_and_returns_when_stopped(
+    pg: PgStore, pg_url: str
+) -> None:
+    other = PgStore(pg_url, db_clock=False)
+    await other.open()
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    stop = asyncio.Event()
+    listening = asyncio.create_task(pg.listen(heard.put_nowait, stop))
+    try:
+        assert await asyncio.wait_for(heard.get(), DEADLINE_S) == "reconnected"
+        await other.commit_scan(ScanCommit([], [(event(1), ["a"])], now=0.0))
+        assert await asyncio.wait_for(heard.get(), DEADLINE_S) == "outbox"
+        await other.commit_scan(ScanCommit([RecordState("r9", "pending", "t")], [], now=1.0))
+        await other.set_subscriber_health("a", SubscriberHealth(failing_since=1.0))
+        # the scan that queued nothing said nothing
+        assert await asyncio.wait_for(heard.get(), DEADLINE_S) == "health"
+        # a lost connection: a warning, a pause, then listening again
+        with structlog.testing.capture_logs() as logs:
+            await sql(
+                pg_url,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE query LIKE 'LISTEN %%' AND query LIKE %s",
+                (f"%{pg.schema}%",),
+            )
+            assert await asyncio.wait_for(heard.get(), DEADLINE_S) == "reconnected"
+        [warning] = [e for e in logs if e["log_level"] == "warning"]
+        assert warning["event"] == "lost the wake-ups' connection" and warning["retry_in_s"] == 1.0
+        await other.retry(1, now=2.0)
+        assert await asyncio.wait_for(heard.get(), DEADLINE_S) == "outbox"
+        stop.set()
+        await asyncio.wait_for(listening, 2.0)
+    finally:
+        stop.set()
+        await asyncio.gather(listening, return_exceptions=True)
+        await other.close()
+
+
+async def test_probe_reads_without_creating_anything(pg_url: str) -> None:
+    empty = await probe_pg(pg_url)
+    assert (empty.schema_version, empty.store_id, empty.leader) == (0, None, None)
+    assert await sql(pg_url, "SELECT * FROM pg_tables WHERE schemaname = current_schema()") == []
+    store = PgStore(pg_url, db_clock=False, replica_id="r1")
+    await store.open()
+    try:
+        await store.commit_scan(ScanCommit([RecordState("r1", "pending", "t")], [], now=1234.5))
+        assert await store.hold_leadership("r1", 30.0, last_poll_at=1234.0)
+        found = await probe_pg(pg_url)
+    finally:
+        await store.close()
+    assert (found.schema_version, found.store_id) == (len(migrations()), store.store_id)
+    assert found.last_seen_at == 1234.5
+    assert found.leader is not None and found.leader.replica == "r1"
+    assert found.leader.last_poll_at == 1234.0
+
+
+@pytest.mark.parametrize("what", ["probe", "open"])
+async def test_an_unreachable_server_is_one_line_without_the_password(what: str) -> None:
+    url = "postgresql://bridge:S3cretPw@127.0.0.1:1/bridgedb?sslmode=disable"
+    with pytest.raises(StoreError) as raised:
+        if what == "probe":
+            await probe_pg(url, timeout_s=2)
+        else:
+            await PgStore(url, open_timeout_s=2).open()
+    message = str(raised.value)
+    assert message.startswith("cannot reach PostgreSQL at postgresql://127.0.0.1:1/bridgedb: ")
+    assert "\n" not in message and "refused" in message
+    assert "S3cretPw" not in message and "bridge@" not in message
+
+
+async def test_listen_retries_an_unreachable_server_until_stopped() -> None:
+    stop = asyncio.Event()
+    store = PgStore("postgresql://bridge:S3cretPw@127.0.0.1:1/bridgedb")
+    with structlog.testing.capture_logs() as logs:
+        listening = asyncio.create_task(store.listen(lambda _: None, stop))
+        deadline = time.monotonic() + DEADLINE_S
+        while not logs:
+            assert time.monotonic() < deadline, "no warning"
+            await asyncio.sleep(0.02)
+        stop.set()  # in the pause before the next try: it returns at once
+        await asyncio.wait_for(listening, 2.0)
+    assert logs[0]["event"] == "cannot listen for wake-ups" and "S3cretPw" not in str(logs)
+
+
+def with_password(url: str) -> tuple[str, str]:
+    """`url` with a password (the server trusts the test user: any will do), and it."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url, parts.password
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{parts.username or 'postgres'}:S3cretPw@{host}"
+    return urlunsplit(parts._replace(netloc=netloc)), "S3cretPw"
+
+
+async def test_a_failing_query_says_what_failed_without_the_password(pg_url: str) -> None:
+    url, password = with_password(pg_url)
+    store = PgStore(url, db_clock=False)
+    await store.open()
+    try:
+        await sql(pg_url, "ALTER TABLE meta RENAME TO meta_gone")
+        with pytest.raises(StoreError) as raised:
+            await store.get_meta("baseline_mark")
+    finally:
+        await store.close()
+    message = str(raised.value)
+    host = urlsplit(url).hostname
+    assert message.startswith(f"store postgresql://{host}:")
+    assert "reading service state: UndefinedTable:" in message and '"meta"' in message
+    assert "\n" not in message and password not in message
