@@ -42,6 +42,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python -m bench.isolation
 	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.memory
+	$(BIN)/python -m bench.replicas
 
 soak: $(DEV_STAMP)
 	BRIDGE_SOAK_KILLS=100 BRIDGE_SOAK_RECORDS=5000 $(BIN)/python -m pytest -q \

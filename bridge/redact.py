@@ -31,7 +31,8 @@ def redact_url(url: str) -> str:
 
 def _origin(scheme: str, authority: str) -> str:
     scheme = scheme or "<scheme>"
-    host = authority.rpartition("@")[2]  # user:password@ goes
+    # user:password@ goes; an empty port (`host:`, or text's colon after a URL) means none
+    host = authority.rpartition("@")[2].rstrip(":")
     if not host:
         return f"{scheme.lower()}://<url>"
     try:

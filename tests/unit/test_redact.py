@@ -112,3 +112,12 @@ class Loud(Exception):
 )
 def test_describe_is_one_redacted_line(exc: BaseException, line: str) -> None:
     assert describe(exc) == line
+
+
+def test_redacting_twice_changes_nothing_more() -> None:
+    """A store error names its server; wrapped in another error it is redacted again."""
+    once = redact_text("store postgresql://u:pw@127.0.0.1:5432/test: holding the lease")
+    assert once == "store postgresql://127.0.0.1:5432: holding the lease"
+    assert redact_text(once) == once
+    assert redact_text("see http://h:80: it failed") == "see http://h:80: it failed"
+    assert redact_url("http://h:/x") == "http://h"
