@@ -34,6 +34,20 @@ def store_url(value: str) -> str:
             _ = parts.port
         except ValueError:
             raise ValueError(f"has an invalid port: {redact_url(value)!r}") from None
+        if parts.netloc.count("@") > 1:
+            raise ValueError(
+                "is not a valid PostgreSQL URL (percent-encode an @ in the user name or"
+                f" password as %40): {redact_url(value)!r}"
+            )
+        try:  # libpq's own parser: its errors quote the text, the password included
+            from psycopg.conninfo import conninfo_to_dict
+
+            conninfo_to_dict(value)
+        except Exception:
+            raise ValueError(
+                "is not a valid PostgreSQL URL (percent-encode special characters in the"
+                f" user name and password): {redact_url(value)!r}"
+            ) from None
         if not parts.path.strip("/"):
             raise ValueError(
                 f"must name a database (postgresql://host:port/database), got {redact_url(value)!r}"

@@ -77,6 +77,8 @@ def record_problem(obj: object) -> str | None:
         return "field 'status' is missing or not a string"
     if len(status) > MAX_STATUS_CHARS:
         return f"field 'status' is longer than {MAX_STATUS_CHARS} characters"
+    if _CONTROL.search(status):
+        return "field 'status' holds control characters"
     if not isinstance(created, str):
         return "field 'created_at' is missing or not a string"
     if not _ISO_TIME.fullmatch(created):

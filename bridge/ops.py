@@ -35,7 +35,7 @@ async def deliveries(
     does not exist yet)."""
     if not (await look(settings)).exists:
         return {"deliveries": [], "next_before": None}
-    store = build_store(settings)
+    store = build_store(settings, migrate=False)
     await store.open()
     try:
         found = await store.list_deliveries(state=state, subscriber=subscriber, limit=limit)
@@ -79,7 +79,7 @@ async def status(settings: Settings) -> dict[str, Any]:
         health: dict[str, Any] = {}
         counts: dict[str, dict[DeliveryState, int]] = {}
     else:
-        store = build_store(settings)
+        store = build_store(settings, migrate=False)
         await store.open()
         try:
             report["baseline_recorded"] = await store.baseline_done()

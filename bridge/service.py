@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 
 from bridge import __version__
-from bridge.clock import Clock, SystemClock
+from bridge.clock import Clock, SystemClock, sleep_or_event
 from bridge.config import Settings
 from bridge.deliver.dispatcher import Dispatcher, Sent
 from bridge.deliver.guard import guarded_socket_factory
@@ -29,6 +29,8 @@ from bridge.store.base import LeaderState, LeaderStore, Store
 from bridge.store.factory import build_store
 from bridge.supervise import Supervisor
 from bridge.upstream.client import MunsitClient
+
+HEALTH_RELOAD_S = 5.0  # replicas: how often subscriber states are read without a wake-up
 
 RESULTS = {DeliveryState.DELIVERED: "delivered", DeliveryState.FAILED: "failed"}
 
@@ -57,6 +59,7 @@ class Service:
         self._on_sent = on_sent
         self._sessions: list[aiohttp.ClientSession] = []
         self._background: set[asyncio.Task[None]] = set()
+        self.watcher: ProgressWatcher | None = None
         self.metrics = Metrics()
         # supervised components that keep failing: name -> their last error (for /readyz)
         self.failing: dict[str, str] = {}
@@ -128,8 +131,11 @@ class Service:
             on_poll=self._polled,
             on_failure=lambda result: self.metrics.polls.labels(result).inc(),
         )
-        await self.dispatcher.load_health()
-        self.watcher: ProgressWatcher | None = None
+        try:
+            await self.dispatcher.load_health()
+        except BaseException:  # what was opened so far is closed, nothing leaks
+            await self._close()
+            raise
         if up.progress_stream:
             self.watcher = ProgressWatcher(
                 self.client,
@@ -250,15 +256,17 @@ class Service:
                 async with asyncio.TaskGroup() as leading:
                     leading.create_task(supervisor.run("poller", lambda: self.poller.run(stop)))
                     leading.create_task(supervisor.run("retention", lambda: retention.run(stop)))
-            finally:
+            finally:  # a follower now: what it knew as the leader is no longer its to say
                 if self.watcher is not None:
                     await self.watcher.close()
+                self.poller.pending = []
+                for name in ("poller", "retention"):
+                    self.failing.pop(name, None)
 
         self.leadership = Leadership(
             shared,
-            replica=self.settings.store.replica_id,
+            holder=shared.replica_id,
             lease_s=self.settings.store.leader_lease_s,
-            clock=self.clock,
             polling=polling,
             last_poll_at=lambda: self.poller.last_success_at,
             on_change=lambda leader: self.metrics.leader.set(1 if leader else 0),
@@ -266,6 +274,15 @@ class Service:
         leadership = self.leadership
         group.create_task(supervisor.run("leader", lambda: leadership.run(stop)))
         group.create_task(supervisor.run("listener", lambda: shared.listen(self._notified, stop)))
+        group.create_task(supervisor.run("health", lambda: self._reload_health_every(stop)))
+
+    async def _reload_health_every(self, stop: asyncio.Event) -> None:
+        """Read the subscribers' states now and then even without a wake-up (a missed
+        NOTIFY must not leave this replica sending to a subscriber disabled elsewhere)."""
+        while not stop.is_set():
+            await sleep_or_event(self.clock, HEALTH_RELOAD_S, stop)
+            if not stop.is_set():
+                await self._reload_health()
 
     async def leader_state(self) -> LeaderState | None:
         """Who polls, as the shared store says (None: the store did not answer)."""
@@ -336,6 +353,12 @@ class Service:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self.watcher is not None:
             await self.watcher.close()
         for session in self._sessions:

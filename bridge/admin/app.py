@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,6 +27,9 @@ log = structlog.get_logger("bridge.admin")
 
 SERVICE = web.AppKey("service", Service)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+READYZ_STORE_TIMEOUT_S = 2.0  # /readyz says the store does not answer after this long
 
 
 def create_app(service: Service) -> web.Application:
@@ -86,39 +90,59 @@ async def readyz(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     store_error: str | None = None
     try:
-        await service.store.ping()
+        await asyncio.wait_for(service.store.ping(), timeout=READYZ_STORE_TIMEOUT_S)
     except BridgeError as exc:
         store_error = redact_text(str(exc))
-    poller = service.poller
+    except TimeoutError:
+        store_error = f"no answer within {READYZ_STORE_TIMEOUT_S:.0f} s"
     role = service.role
     body: dict[str, object] = {"role": role, "replica": service.settings.store.replica_id}
     if role == "leader":
+        poller = service.poller
+        last_poll = poller.last_success_at
         reasons = readiness(
             now=service.clock.now(),
             store_error=store_error,
             auth_failed=poller.auth_failed,
-            last_success_at=poller.last_success_at,
+            last_success_at=last_poll,
             last_error_kind=poll_error_kind(poller.last_error),
             interval_s=poller.base_interval_s(),
             failing=service.failing,
         )
-        last_poll = poller.last_success_at
-    else:  # the leader's last successful poll, as it records it in the store
-        leader = await service.leader_state() if store_error is None else None
-        last_poll = None if leader is None else leader.last_poll_at
-        body["leader"] = None if leader is None else leader.replica
-        reasons = readiness(
-            now=service.clock.now(),
-            store_error=store_error,
-            auth_failed=False,
-            last_success_at=last_poll,
-            last_error_kind=None,
-            interval_s=poller.base_interval_s(),
-            failing=service.failing,
-            recorded_every_s=service.settings.store.leader_lease_s / 3,
-        )
+    else:
+        reasons, last_poll, body["leader"] = await _follower(service, store_error)
     body |= {"ready": not reasons, "reasons": reasons, "last_poll_success_at": views.iso(last_poll)}
     return web.json_response(body, status=503 if reasons else 200)
+
+
+async def _follower(
+    service: Service, store_error: str | None
+) -> tuple[list[str], float | None, str | None]:
+    """A follower is ready while the store answers and the leader's last successful poll,
+    which it records with each lease renewal, is recent: within 3 of the longest poll
+    interval (the leader's pending records are not this replica's to know), plus how often
+    it is recorded. Returns the reasons, that poll's time and the leader's name."""
+    if store_error is not None:
+        return [f"store unreachable: {store_error}"], None, None
+    try:
+        leader = await asyncio.wait_for(service.leader_state(), READYZ_STORE_TIMEOUT_S)
+    except TimeoutError:
+        leader = None
+    if leader is None:
+        reason = f"store unreachable: no answer within {READYZ_STORE_TIMEOUT_S:.0f} s"
+        return [reason], None, None
+    up = service.settings.upstream
+    reasons = readiness(
+        now=service.clock.now(),
+        store_error=None,
+        auth_failed=False,
+        last_success_at=leader.last_poll_at,
+        last_error_kind=None,
+        interval_s=max(up.poll_interval_s, up.idle_poll_interval_s),
+        failing=service.failing,
+        recorded_every_s=service.settings.store.leader_lease_s / 3,
+    )
+    return reasons, leader.last_poll_at, leader.replica
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -24,7 +24,7 @@ STORE_RETRY_S = 5.0
 GATHER_TURNS = 3  # turns of the event loop a claim waits, so that it grows
 # a shared store (replicas): a lane left short may be at its cap because of another
 # replica's leases, which end with no wake-up here; look again this soon
-SHARED_RECHECK_S = 0.1
+SHARED_RECHECK_S = 0.25
 # and with nothing due, it looks this often even without a wake-up (a missed NOTIFY, say)
 SHARED_IDLE_WAIT_S = 5.0
 

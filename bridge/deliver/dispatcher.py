@@ -338,7 +338,10 @@ class Dispatcher:
         if health_changed:  # the latest state in memory, whichever answer changed it
             await retried(
                 self._clock,
-                lambda: self._store.set_subscriber_health(sub.id, self.health(sub.id)),
+                # an operator's disable stored meanwhile (through another replica) is kept
+                lambda: self._store.set_subscriber_health(
+                    sub.id, self.health(sub.id), keep_disabled=True
+                ),
                 what="store a subscriber's health",
                 subscriber=sub.id,
             )

@@ -149,7 +149,13 @@ class OutboxStore(Protocol):
         """Every subscriber the bridge has a health record of."""
         ...
 
-    async def set_subscriber_health(self, subscriber_id: str, health: SubscriberHealth) -> None: ...
+    async def set_subscriber_health(
+        self, subscriber_id: str, health: SubscriberHealth, *, keep_disabled: bool = False
+    ) -> None:
+        """Record `health` (the whole record, in one statement). `keep_disabled`: when the
+        stored record is disabled, its `disabled_at` and `reason` stay (a writer whose view
+        predates an operator's disable cannot enable it again)."""
+        ...
 
 
 class OperationsStore(Protocol):
@@ -220,7 +226,9 @@ class OperationsStore(Protocol):
 
     async def subscriber_health(self) -> dict[str, SubscriberHealth]: ...
 
-    async def set_subscriber_health(self, subscriber_id: str, health: SubscriberHealth) -> None: ...
+    async def set_subscriber_health(
+        self, subscriber_id: str, health: SubscriberHealth, *, keep_disabled: bool = False
+    ) -> None: ...
 
 
 class Store(DetectionStore, OutboxStore, OperationsStore, Protocol):
@@ -239,6 +247,8 @@ class Store(DetectionStore, OutboxStore, OperationsStore, Protocol):
 class LeaderStore(Protocol):
     """What replicas sharing a store coordinate with: the poller's lease (one of them
     polls) and wake-ups (what one replica queued or changed, the others hear of at once)."""
+
+    replica_id: str  # this process in the lease: a scan is refused while another holds it
 
     async def listen(self, on_notify: Callable[[str], None], stop: asyncio.Event) -> None:
         """Call `on_notify` with each wake-up's payload (`"outbox"`: deliveries became due;

@@ -1,12 +1,14 @@
 """What the claims of every store adapter share: the attempt a lost lease counts, and the
 log lines that say so. A claim that finds a delivery whose earlier lease ran out with no
 outcome (its worker stopped, or took too long) records this attempt for it, so a delivery
-that kills its worker every time is dead-lettered instead of looping forever."""
+that kills its worker every time is dead-lettered instead of looping forever. Also the text
+both adapters store as given by others (answers, errors), made storable everywhere."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 import structlog
 
@@ -16,6 +18,23 @@ log = structlog.get_logger("bridge.store")
 
 # the attempt a claim records for a delivery whose earlier lease ran out with no outcome
 LOST_ATTEMPT = "no outcome recorded: the worker stopped or its lease expired mid-attempt"
+
+REPLACEMENT = "\ufffd"
+# what a text column cannot hold: NUL (PostgreSQL's text refuses it) and lone surrogates
+# (no UTF-8 encoding: the driver refuses them before the database sees them)
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+@overload
+def storable(text: str) -> str: ...
+@overload
+def storable(text: None) -> None: ...
+def storable(text: str | None) -> str | None:
+    """`text` with each character no text column can hold (NUL, a lone surrogate) replaced
+    by U+FFFD: a webhook's answer or an error quoting one is recorded, not refused."""
+    if text is None or (text.isascii() and "\x00" not in text):
+        return text
+    return _UNSTORABLE.sub(REPLACEMENT, text)
 
 
 class Lost(NamedTuple):

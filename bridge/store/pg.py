@@ -52,8 +52,10 @@ DEFAULT_MAX_ATTEMPTS = 8  # 1 + len(delivery.retry_schedule_s) with the default 
 class PgStore:
     """The `Store` and `LeaderStore` ports on a PostgreSQL database (in the schema the URL's
     search_path names first). `replica_id`: this process's name in the poller's lease; a
-    scan is refused while another replica holds it. `max_attempts`: a delivery whose lease
-    runs out with no outcome counts an attempt, and is dead-lettered after this many.
+    scan is refused while another replica holds it (a name may end in `#<token>`, told apart
+    but not shown). `max_attempts`: a delivery whose lease runs out with no outcome counts
+    an attempt, and is dead-lettered after this many. `migrate` off (commands that only
+    read, beside running replicas): `open()` never creates nor migrates the schema.
     After `open()`: `created` (the schema held no store), `store_id`, `schema_version`."""
 
     shared = True  # replicas share the database: leases decide who does what
@@ -67,6 +69,7 @@ class PgStore:
         db_clock: bool = True,
         pool_max: int = 8,
         open_timeout_s: float = 10.0,
+        migrate: bool = True,
     ) -> None:
         self.url = url
         self.max_attempts = max_attempts
@@ -76,21 +79,32 @@ class PgStore:
         self.store_id: str | None = None
         self.schema_version = 0
         self.schema: str | None = None  # where the store is (after `open()`)
-        self._db = Pool(url, size=pool_max, open_timeout_s=open_timeout_s, db_clock=db_clock)
+        self._db = Pool(
+            url, size=pool_max, open_timeout_s=open_timeout_s, db_clock=db_clock, migrate=migrate
+        )
         self._channel = ""
         self._purged_up_to = 0  # events up to this seq were looked at by purges
         self._finisher = Finisher(self._db)
 
     async def open(self) -> None:
-        """Create or migrate the schema, then open the pool of connections."""
+        """Create or migrate the schema (with `migrate` off: `StoreError` unless the store
+        is there at this bridge's version), then open the pool of connections."""
         migrated = await self._db.open()
         self.created, self.store_id = migrated.created, migrated.store_id
         self.schema_version, self.schema = migrated.version, migrated.schema
         self._channel = channel_name(migrated.schema)
 
     async def close(self) -> None:
+        """Within a few seconds, even when the server stopped answering: the attempts being
+        recorded get `CLOSE_S` to finish, then fail."""
         await self._finisher.close()
         await self._db.close()
+
+    @property
+    def reconnects_failed(self) -> int:
+        """Times the pool gave a lost connection up (after `pg_pool.RECONNECT_S`) and began
+        anew: each a server that did not answer for that long."""
+        return self._db.reconnects_failed
 
     async def _now(self, conn: Conn, now: float) -> float:
         return await self._db.now(conn, now)
@@ -115,10 +129,11 @@ class PgStore:
 
     async def commit_scan(self, commit: ScanCommit) -> Committed:
         async def run(conn: Conn) -> Committed:
-            await leases.fence(conn, self.replica_id)
+            await scans.serialize(conn)  # scans commit one at a time: seqs in commit order
             done = await scans.commit_scan(conn, commit, due_at=await self._now(conn, commit.now))
             if done.deliveries:
                 await notify(conn, self._channel, OUTBOX)
+            await leases.fence(conn, self.replica_id)  # last: the lease's row locked briefly
             return done
 
         return await self._db.tx("committing a scan", run)
@@ -261,9 +276,11 @@ class PgStore:
     async def subscriber_health(self) -> dict[str, SubscriberHealth]:
         return await self._db.read("reading subscriber health", ops.subscriber_health)
 
-    async def set_subscriber_health(self, subscriber_id: str, health: SubscriberHealth) -> None:
+    async def set_subscriber_health(
+        self, subscriber_id: str, health: SubscriberHealth, *, keep_disabled: bool = False
+    ) -> None:
         async def run(conn: Conn) -> None:
-            await ops.set_subscriber_health(conn, subscriber_id, health)
+            await ops.set_subscriber_health(conn, subscriber_id, health, keep_disabled)
             await notify(conn, self._channel, HEALTH)
 
         await self._db.tx("recording subscriber health", run)

@@ -20,7 +20,7 @@ from typing import Any
 from bridge import jsontext
 from bridge.models import Attempt, Delivery, Event
 from bridge.store.base import AttemptOutcome
-from bridge.store.claims_common import LOST_ATTEMPT, Claimed, Lost
+from bridge.store.claims_common import LOST_ATTEMPT, Claimed, Lost, storable
 from bridge.store.pg_schema import Conn, lock_key
 
 # per (subscriber, record), nothing goes while an earlier event is still pending. A scalar
@@ -261,8 +261,8 @@ async def finish_attempts(
                 [a.attempted_at for _, a in kept],
                 [a.status_code for _, a in kept],
                 [a.latency_ms for _, a in kept],
-                [a.error for _, a in kept],
-                [a.response_excerpt for _, a in kept],
+                [storable(a.error) for _, a in kept],
+                [storable(a.response_excerpt) for _, a in kept],
             ),
         )
     return [d.id in kept_ids for d, _, _ in items]

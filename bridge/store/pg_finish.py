@@ -1,7 +1,12 @@
 """Recording finished attempts on the PostgreSQL store, as a group commit: attempts that
 finish while a write is running are recorded together in the next transaction, so many
 concurrent deliveries cost few commits. With `db_clock`, each next due time is moved to the
-database's clock (as far from its now as it is from this process's)."""
+database's clock (as far from its now as it is from this process's).
+
+A batch the database refuses for its data (a value out of range: text is made storable
+before) is recorded again one attempt per transaction, so that one bad attempt fails alone
+instead of failing, again and again, every attempt that happened to share its batch.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,9 @@ import asyncio
 import time
 from functools import partial
 
+import psycopg
+
+from bridge.errors import StoreError
 from bridge.models import Attempt, Delivery
 from bridge.store import pg_claim as claims
 from bridge.store.base import AttemptOutcome
@@ -16,8 +24,11 @@ from bridge.store.pg_pool import Pool
 from bridge.store.pg_schema import Conn
 
 GATHER_TURNS = 3  # turns of the event loop a batch of finished attempts waits to grow
+CLOSE_S = 2.0  # how long closing waits for the batch under way (a dead server: not longer)
+CANCEL_WAITS_S = (0.5, 1.0)  # then, after each cancellation of it, how long it has to end
 
 Item = tuple[Delivery, Attempt, AttemptOutcome]
+Waiting = tuple[Item, asyncio.Future[bool]]
 
 
 class Finisher:
@@ -25,7 +36,7 @@ class Finisher:
 
     def __init__(self, db: Pool) -> None:
         self._db = db
-        self._waiting: list[tuple[Item, asyncio.Future[bool]]] = []
+        self._waiting: list[Waiting] = []
         self._flusher: asyncio.Task[None] | None = None
 
     async def finish(self, delivery: Delivery, attempt: Attempt, outcome: AttemptOutcome) -> bool:
@@ -37,32 +48,69 @@ class Finisher:
         return await future
 
     async def close(self) -> None:
-        """Wait for the batches under way."""
-        if self._flusher is not None:
-            await asyncio.gather(self._flusher, return_exceptions=True)
+        """Wait for the batches under way, `CLOSE_S` at most; then they fail (the store is
+        closing). A batch whose query hangs is cancelled twice: the driver answers the
+        first by asking the server to cancel the query, which a server that stopped
+        answering never does, and the second by closing the connection."""
+        flusher = self._flusher
+        if flusher is None:
+            return
+        await asyncio.wait({flusher}, timeout=CLOSE_S)
+        for patience_s in CANCEL_WAITS_S:
+            if flusher.done():
+                break
+            flusher.cancel()
+            await asyncio.wait({flusher}, timeout=patience_s)
+        closed = StoreError(f"store {self._db.where} is closed")
+        for _, future in self._waiting:
+            if not future.done():
+                future.set_exception(closed)
+        self._waiting = []
 
     async def _flush(self) -> None:
         for _ in range(GATHER_TURNS):  # answers arriving meanwhile join the batch
             await asyncio.sleep(0)
         while self._waiting:
             batch, self._waiting = self._waiting, []
-            items = [item for item, _ in batch]
             try:
-                kept = await self._db.tx("recording attempts", partial(self._record, items))
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), result in zip(batch, kept, strict=True):
-                if not future.done():
-                    future.set_result(result)
+                await self._record(batch)
+            except asyncio.CancelledError:
+                _settle(batch, StoreError(f"store {self._db.where} is closed"))
+                raise
 
-    async def _record(self, items: list[Item], conn: Conn) -> list[bool]:
+    async def _record(self, batch: list[Waiting]) -> None:
+        """Record `batch` and settle its futures; one by one if the database refused its
+        data."""
+        try:
+            kept = await self._tx([item for item, _ in batch])
+        except StoreError as exc:
+            if len(batch) > 1 and isinstance(exc.__cause__, psycopg.DataError):
+                for one in batch:
+                    await self._record([one])
+                return
+            _settle(batch, exc)
+            return
+        except Exception as exc:
+            _settle(batch, exc)
+            return
+        for (_, future), result in zip(batch, kept, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    async def _tx(self, items: list[Item]) -> list[bool]:
+        return await self._db.tx("recording attempts", partial(self._write, items))
+
+    async def _write(self, items: list[Item], conn: Conn) -> list[bool]:
         if self._db.db_clock and any(o.next_attempt_at is not None for _, _, o in items):
             offset = await self._db.now(conn, 0.0) - time.time()
             items = [(d, a, _rebased(o, offset)) for d, a, o in items]
         return await claims.finish_attempts(conn, items)
+
+
+def _settle(batch: list[Waiting], exc: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
 
 
 def _rebased(outcome: AttemptOutcome, offset_s: float) -> AttemptOutcome:

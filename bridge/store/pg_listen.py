@@ -19,8 +19,10 @@ import psycopg
 import structlog
 from psycopg import sql
 
+from bridge.errors import StoreError
 from bridge.redact import describe
 from bridge.store.pg_schema import Conn, current_schema
+from bridge.store.pg_url import INVALID, network_params, parse, scrubbed
 
 log = structlog.get_logger("bridge.store")
 
@@ -63,8 +65,8 @@ async def listen(
         connecting = asyncio.create_task(_connect(url, connect_timeout_s))
         try:
             conn = await _unless_stopped(connecting, stop)
-        except (psycopg.Error, OSError) as exc:
-            log.warning("cannot listen for wake-ups", error=describe(exc), retry_in_s=pause)
+        except (psycopg.Error, OSError, StoreError) as exc:
+            log.warning("cannot listen for wake-ups", error=_why(exc, url), retry_in_s=pause)
         else:
             if conn is None:
                 return
@@ -79,22 +81,31 @@ async def listen(
             except Exception as exc:
                 if stop.is_set():
                     return
-                log.warning("lost the wake-ups' connection", error=describe(exc), retry_in_s=pause)
+                log.warning("lost the wake-ups' connection", error=_why(exc, url), retry_in_s=pause)
         if await _wait(stop, pause):
             return
         pause = min(pause * 2, MAX_PAUSE_S)
 
 
+def _why(exc: BaseException, url: str) -> str:
+    """An error as a log line's text, `url`'s credentials hidden; a URL libpq could not
+    read is not quoted (its message would quote the password)."""
+    if isinstance(exc, StoreError):
+        return str(exc)
+    if isinstance(exc, psycopg.ProgrammingError) and exc.sqlstate is None:
+        return INVALID
+    return scrubbed(describe(exc), url)
+
+
 async def _connect(url: str, timeout_s: float) -> Conn:
-    # a listening connection is idle for long: the kernel probes it, so a dead peer is noticed
+    # a listening connection is idle for long: the kernel probes it, so a dead peer is
+    # noticed (the URL's own keepalive settings win)
     return await psycopg.AsyncConnection.connect(
         url,
         autocommit=True,
         prepare_threshold=None,
         connect_timeout=max(1, round(timeout_s)),
-        keepalives=1,
-        keepalives_idle=30,
-        keepalives_interval=10,
+        **network_params(parse(url)),
     )
 
 

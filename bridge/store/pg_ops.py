@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from bridge.models import Attempt, DeliveryState, DeliveryView, Event, Replayed
 from bridge.store.base import SubscriberHealth
+from bridge.store.claims_common import storable
 from bridge.store.pg_schema import Conn, lock_key
 
 _VIEW_COLUMNS = (
@@ -91,7 +92,7 @@ async def list_deliveries(
         params.append(state.value)
     if subscriber is not None:
         where.append("d.subscriber_id = %s")
-        params.append(subscriber)
+        params.append(storable(subscriber))
     if before is not None:
         where.append("d.id < %s")
         params.append(before)
@@ -114,7 +115,7 @@ async def list_events(
     where: list[str] = []
     params: list[Any] = []
     if before is not None:
-        cur = await conn.execute("SELECT seq FROM events WHERE id = %s", (before,))
+        cur = await conn.execute("SELECT seq FROM events WHERE id = %s", (storable(before),))
         found = await cur.fetchone()
         if found is None:
             return None
@@ -122,7 +123,7 @@ async def list_events(
         params.append(found[0])
     if event_type is not None:
         where.append("type = %s")
-        params.append(event_type)
+        params.append(storable(event_type))
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     cur = await conn.execute(
         "SELECT id, type, record_id, occurred_at, previous_status, data FROM events"
@@ -170,7 +171,7 @@ async def replay(
     params: list[Any] = [since]
     if event_type is not None:
         where += " AND type = %s"
-        params.append(event_type)
+        params.append(storable(event_type))
     events = deliveries = unmatched = already_pending = 0
     last_seq = 0
     while True:
@@ -187,7 +188,7 @@ async def replay(
             events += 1
             subs = targets(etype)
             unmatched += not subs
-            for sub in subs:
+            for sub in map(storable, subs):
                 if (seq, sub) in pairs:
                     already_pending += 1  # named twice: pending since the first time
                 pairs[(seq, sub)] = rid
@@ -258,11 +259,23 @@ async def subscriber_health(conn: Conn) -> dict[str, SubscriberHealth]:
     return {row[0]: SubscriberHealth(*row[1:]) for row in await cur.fetchall()}
 
 
-async def set_subscriber_health(conn: Conn, subscriber_id: str, health: SubscriberHealth) -> None:
+async def set_subscriber_health(
+    conn: Conn, subscriber_id: str, health: SubscriberHealth, keep_disabled: bool
+) -> None:
+    """One statement: with `keep_disabled`, a stored disable (and its reason) stays."""
     await conn.execute(
-        "INSERT INTO subscriber_health (id, failing_since, disabled_at, reason)"
-        " VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET"
-        " failing_since = excluded.failing_since, disabled_at = excluded.disabled_at,"
-        " reason = excluded.reason",
-        (subscriber_id, health.failing_since, health.disabled_at, health.reason),
+        "INSERT INTO subscriber_health AS h (id, failing_since, disabled_at, reason)"
+        " VALUES (%(id)s, %(failing)s, %(disabled)s, %(reason)s) ON CONFLICT (id) DO UPDATE SET"
+        " failing_since = excluded.failing_since,"
+        " disabled_at = CASE WHEN %(keep)s AND h.disabled_at IS NOT NULL THEN h.disabled_at"
+        " ELSE excluded.disabled_at END,"
+        " reason = CASE WHEN %(keep)s AND h.disabled_at IS NOT NULL THEN h.reason"
+        " ELSE excluded.reason END",
+        {
+            "id": storable(subscriber_id),
+            "failing": health.failing_since,
+            "disabled": health.disabled_at,
+            "reason": storable(health.reason),
+            "keep": keep_disabled,
+        },
     )

@@ -13,10 +13,10 @@ import psycopg
 
 from bridge.config_store import shown_store_url
 from bridge.errors import StoreError
-from bridge.redact import redact_text
 from bridge.store import pg_leader
 from bridge.store.base import LeaderState
 from bridge.store.pg_schema import Conn, applied_version, current_schema, read_store_id, too_new
+from bridge.store.pg_url import invalid, network_params, parse, scrubbed
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,25 +29,29 @@ class PgProbed:
     leader: LeaderState | None = None  # the poller's lease (None: no store yet)
 
 
-def reason(exc: BaseException) -> str:
+def reason(exc: BaseException, url: str) -> str:
     """The first line of an error (with the next one when it only introduces it), URLs cut
-    to their origin."""
+    to their origin, `url`'s credentials hidden (`pg_url.scrubbed`)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     if not lines:
         return "no answer in time" if isinstance(exc, TimeoutError) else type(exc).__name__
     first = lines[0]
     if first.endswith(":") and len(lines) > 1:
         first = f"{first} {lines[1]}"
-    return redact_text(first)
+    return scrubbed(first, url)
 
 
 def unreachable(url: str, exc: BaseException) -> StoreError:
     """The error of a server that cannot be reached: where (no user or password) and why."""
-    return StoreError(f"cannot reach PostgreSQL at {shown_store_url(url)}: {reason(exc)}")
+    if isinstance(exc, psycopg.ProgrammingError) and exc.sqlstate is None:
+        return invalid(url)  # libpq could not read the URL: its message quotes it
+    return StoreError(f"cannot reach PostgreSQL at {shown_store_url(url)}: {reason(exc, url)}")
 
 
 async def connect(url: str, timeout_s: float) -> Conn:
-    """A connection of its own (autocommit, no prepared statements), or `unreachable`."""
+    """A connection of its own (autocommit, no prepared statements, keepalives unless the
+    URL sets them), or `unreachable`; `StoreError` without trying when the URL is invalid."""
+    params = parse(url)
     try:
         return await asyncio.wait_for(
             psycopg.AsyncConnection.connect(
@@ -55,6 +59,7 @@ async def connect(url: str, timeout_s: float) -> Conn:
                 autocommit=True,
                 prepare_threshold=None,
                 connect_timeout=max(1, math.ceil(timeout_s)),
+                **network_params(params),
             ),
             timeout=timeout_s + 1,
         )
@@ -71,7 +76,7 @@ async def probe_pg(url: str, timeout_s: float = 5) -> PgProbed:
         try:
             return await asyncio.wait_for(_read(conn, where), timeout=timeout_s)
         except (psycopg.Error, TimeoutError) as exc:
-            raise StoreError(f"cannot read the store at {where}: {reason(exc)}") from None
+            raise StoreError(f"cannot read the store at {where}: {reason(exc, url)}") from None
 
 
 async def _read(conn: Conn, where: str) -> PgProbed:

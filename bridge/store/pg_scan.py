@@ -1,20 +1,33 @@
 """The poller's side of the PostgreSQL store: what it reads (known records, service state)
 and a scan's writes (record states, events and their deliveries, gone records, service
 state), one function of a connection run inside one transaction, with the rules of
-`sqlite_scan`; fenced by the poller's lease (`pg_leader.fence`)."""
+`sqlite_scan`; fenced by the poller's lease (`pg_leader.fence`, the transaction's last
+statement, so a long commit never holds up the lease's renewal).
+
+Scans commit one at a time (`serialize`, a transaction's advisory lock, as SQLite's single
+writer does), so events are numbered in the order their scans commit. Events and their
+deliveries go in with a statement each, whatever their number. Text from outside is stored
+with NUL (which PostgreSQL's text cannot hold) replaced by U+FFFD (`storable`); an event's
+`data` is JSON text with every control character escaped, as SQLite keeps it.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 
-from bridge.models import RecordState
+from bridge.models import Event, RecordState
 from bridge.store.base import Committed, ScanCommit
-from bridge.store.pg_schema import Conn
+from bridge.store.claims_common import storable
+from bridge.store.pg_schema import Conn, lock_key
+
+_SERIALIZE = f"SELECT pg_advisory_xact_lock({lock_key('%s')})"
 
 
 async def get_meta(conn: Conn, key: str) -> str | None:
-    row = await (await conn.execute("SELECT value FROM meta WHERE key = %s", (key,))).fetchone()
+    row = await (
+        await conn.execute("SELECT value FROM meta WHERE key = %s", (storable(key),))
+    ).fetchone()
     return None if row is None else str(row[0])
 
 
@@ -24,11 +37,18 @@ async def newest_created_at(conn: Conn) -> str | None:
 
 
 async def known_states(conn: Conn, record_ids: Sequence[str]) -> dict[str, RecordState]:
+    """By the ids asked for (an id with a NUL is found under the one stored for it)."""
+    asked = {storable(rid): rid for rid in record_ids}
     cur = await conn.execute(
-        "SELECT id, status, created_at FROM records WHERE id = ANY(%s::text[])",
-        (list(dict.fromkeys(record_ids)),),
+        "SELECT id, status, created_at FROM records WHERE id = ANY(%s::text[])", (list(asked),)
     )
-    return {row[0]: RecordState(*row) for row in await cur.fetchall()}
+    return {asked[row[0]]: RecordState(asked[row[0]], *row[1:]) for row in await cur.fetchall()}
+
+
+async def serialize(conn: Conn) -> None:
+    """Wait for the scan committing now, if any, and keep the next one waiting until the
+    caller's transaction ends."""
+    await conn.execute(_SERIALIZE, ("scan",))
 
 
 async def tracked_pending(conn: Conn) -> list[RecordState]:
@@ -42,7 +62,7 @@ async def tracked_pending(conn: Conn) -> list[RecordState]:
 async def commit_scan(conn: Conn, commit: ScanCommit, *, due_at: float) -> Committed:
     """Apply `commit` (the caller holds the transaction). The deliveries it queues are due
     at `due_at` (`commit.now`, or the database's clock)."""
-    states = {s.id: s for s in commit.states}  # the last state given for a record wins
+    states = {storable(s.id): s for s in commit.states}  # the last state given for a record wins
     if states:
         await conn.execute(
             "INSERT INTO records (id, status, created_at, seen_at)"
@@ -52,51 +72,43 @@ async def commit_scan(conn: Conn, commit: ScanCommit, *, due_at: float) -> Commi
             " seen_at = excluded.seen_at, missed_at = NULL, gone_at = NULL",
             (
                 commit.now,
-                [s.id for s in states.values()],
-                [s.status for s in states.values()],
-                [s.created_at for s in states.values()],
+                list(states),
+                [storable(s.status) for s in states.values()],
+                [storable(s.created_at) for s in states.values()],
             ),
         )
     if commit.seen:
         await conn.execute(
             "UPDATE records SET seen_at = %s, missed_at = NULL, gone_at = NULL"
             " WHERE id = ANY(%s::text[])",
-            (commit.now, list(commit.seen)),
+            (commit.now, [storable(rid) for rid in commit.seen]),
         )
     forgotten = await _forget(conn, commit)
     for key, value in commit.meta.items():
         if value is None:
-            await conn.execute("DELETE FROM meta WHERE key = %s", (key,))
+            await conn.execute("DELETE FROM meta WHERE key = %s", (storable(key),))
         else:
             await conn.execute(
                 "INSERT INTO meta (key, value) VALUES (%s, %s)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, value),
+                (storable(key), storable(value)),
             )
+    # an event id given twice: its first one only (the next ones were "recorded before")
+    events: dict[str, tuple[Event, Sequence[str]]] = {}
+    for event, subscribers in commit.events:
+        events.setdefault(storable(event.id), (event, subscribers))
+    seq_of = await _insert_events(conn, events) if events else {}
     seqs: list[int] = []
     subs: list[str] = []
     rids: list[str] = []
     recorded: set[str] = set()
-    for event, subscribers in commit.events:
-        cur = await conn.execute(
-            "INSERT INTO events (id, type, record_id, occurred_at, previous_status, data)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING seq",
-            (
-                event.id,
-                event.type,
-                event.record_id,
-                event.occurred_at,
-                event.previous_status,
-                json.dumps(event.data, separators=(",", ":")),
-            ),
-        )
-        row = await cur.fetchone()
-        if row is None:
+    for eid, (event, subscribers) in events.items():
+        if eid not in seq_of:
             continue  # the same event id was recorded before: never deliver it twice
         recorded.add(event.id)
-        seqs += [row[0]] * len(subscribers)
-        rids += [event.record_id] * len(subscribers)
-        subs += subscribers
+        seqs += [seq_of[eid]] * len(subscribers)
+        rids += [storable(event.record_id)] * len(subscribers)
+        subs += [storable(sub) for sub in subscribers]
     if seqs:
         await conn.execute(
             "INSERT INTO deliveries (event_seq, subscriber_id, record_id, state,"
@@ -108,12 +120,36 @@ async def commit_scan(conn: Conn, commit: ScanCommit, *, due_at: float) -> Commi
     return Committed(len(seqs), forgotten, frozenset(recorded))
 
 
+async def _insert_events(
+    conn: Conn, events: dict[str, tuple[Event, Sequence[str]]]
+) -> dict[str, int]:
+    """Insert the events (by their stored id; numbered in the order given) whose id is not
+    recorded yet; the seq of each one inserted."""
+    given = [event for event, _ in events.values()]
+    cur = await conn.execute(
+        "INSERT INTO events (id, type, record_id, occurred_at, previous_status, data)"
+        " SELECT id, type, rid, at, previous, data FROM unnest(%s::text[], %s::text[],"
+        " %s::text[], %s::double precision[], %s::text[], %s::text[]) WITH ORDINALITY"
+        " AS e (id, type, rid, at, previous, data, n) ORDER BY n"
+        " ON CONFLICT (id) DO NOTHING RETURNING id, seq",
+        (
+            list(events),
+            [storable(e.type) for e in given],
+            [storable(e.record_id) for e in given],
+            [e.occurred_at for e in given],
+            [storable(e.previous_status) for e in given],
+            [json.dumps(e.data, separators=(",", ":")) for e in given],
+        ),
+    )
+    return {eid: seq for eid, seq in await cur.fetchall()}
+
+
 async def _forget(conn: Conn, commit: ScanCommit) -> list[str]:
     """Records missing from the list: missed twice in a row, or not seen by a whole sweep,
     they are gone (kept as tombstones, so one that comes back is compared with its last
     status); missed once, they are only marked. Returns the ids gone now."""
     gone: list[str] = []
-    for rid in commit.removed:
+    for rid in map(storable, commit.removed):
         cur = await conn.execute(
             "UPDATE records SET gone_at = %s WHERE id = %s AND missed_at IS NOT NULL"
             " AND gone_at IS NULL RETURNING id",

@@ -110,3 +110,22 @@ async def migrate(conn: Conn) -> Migrated:
         await conn.execute(script)
         await conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (number,))
     return Migrated(version == 0, len(scripts), await read_store_id(conn), schema)
+
+
+async def inspect(conn: Conn) -> Migrated:
+    """The current schema's store as it is, for a command that must not change it:
+    `StoreError` when there is none or its version is not this bridge's."""
+    schema = await current_schema(conn)
+    version = await applied_version(conn)
+    known = len(migrations())
+    if not version:
+        raise StoreError(
+            f"the schema {schema} holds no store (schema version 0, this bridge's is {known}):"
+            " `munsit-bridge run` creates it"
+        )
+    if version != known:
+        fix = "`munsit-bridge run` migrates it" if version < known else "upgrade this bridge"
+        raise StoreError(
+            f"the store is at schema version {version}, this bridge's is {known}: {fix}"
+        )
+    return Migrated(False, version, await read_store_id(conn), schema)

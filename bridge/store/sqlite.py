@@ -34,6 +34,7 @@ from bridge.store.base import (
     ScanCommit,
     SubscriberHealth,
 )
+from bridge.store.claims_common import storable
 from bridge.store.sqlite_file import StoreLocked
 from bridge.store.sqlite_inline import Busy, InlineWriter
 from bridge.store.sqlite_open import explain, open_store
@@ -337,14 +338,26 @@ class SqliteStore:
         )
         return {row[0]: SubscriberHealth(*row[1:]) for row in rows}
 
-    async def set_subscriber_health(self, subscriber_id: str, health: SubscriberHealth) -> None:
+    async def set_subscriber_health(
+        self, subscriber_id: str, health: SubscriberHealth, *, keep_disabled: bool = False
+    ) -> None:
         await self._tx(
             lambda c: c.execute(
                 "INSERT INTO subscriber_health (id, failing_since, disabled_at, reason)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
-                " failing_since = excluded.failing_since, disabled_at = excluded.disabled_at,"
-                " reason = excluded.reason",
-                (subscriber_id, health.failing_since, health.disabled_at, health.reason),
+                " failing_since = excluded.failing_since, disabled_at = CASE WHEN ?"
+                " AND subscriber_health.disabled_at IS NOT NULL"
+                " THEN subscriber_health.disabled_at ELSE excluded.disabled_at END,"
+                " reason = CASE WHEN ? AND subscriber_health.disabled_at IS NOT NULL"
+                " THEN subscriber_health.reason ELSE excluded.reason END",
+                (
+                    subscriber_id,
+                    health.failing_since,
+                    health.disabled_at,
+                    storable(health.reason),
+                    keep_disabled,
+                    keep_disabled,
+                ),
             )
         )
 

@@ -12,7 +12,7 @@ from typing import Any
 from bridge import jsontext
 from bridge.models import Attempt, Delivery, Event
 from bridge.store.base import AttemptOutcome
-from bridge.store.claims_common import LOST_ATTEMPT, Claimed, Lost, log_lost
+from bridge.store.claims_common import LOST_ATTEMPT, Claimed, Lost, log_lost, storable
 
 __all__ = ["LOST_ATTEMPT", "Claimed", "Lost", "log_lost"]
 
@@ -231,8 +231,8 @@ def finish_attempts(
                             a.attempted_at,
                             a.status_code,
                             a.latency_ms,
-                            a.error,
-                            a.response_excerpt,
+                            storable(a.error),
+                            storable(a.response_excerpt),
                         )
                         for d, a, _ in items
                         if d.id in kept_ids

@@ -3,6 +3,7 @@ attempts, retry, replay, and the subscribers' health."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from bridge.models import (
@@ -13,6 +14,7 @@ from bridge.models import (
     Attempt,
     DeliveryState,
     DeliveryView,
+    Event,
     Replayed,
 )
 from bridge.store.base import ScanCommit, Store, SubscriberHealth
@@ -296,3 +298,66 @@ async def test_subscriber_health_round_trip(store: Store) -> None:
         "a": SubscriberHealth(),
         "b": SubscriberHealth(disabled_at=3.0),
     }
+
+
+async def test_a_health_write_that_keeps_a_disable_cannot_enable_again(store: Store) -> None:
+    disabled = SubscriberHealth(
+        failing_since=1.0, disabled_at=5.0, reason="disabled by an operator"
+    )
+    await store.set_subscriber_health("a", disabled)
+    # a replica whose view predates the disable records a failure streak: the disable stays
+    await store.set_subscriber_health(
+        "a", SubscriberHealth(failing_since=2.0, reason="HTTP 500"), keep_disabled=True
+    )
+    assert await store.subscriber_health() == {
+        "a": SubscriberHealth(failing_since=2.0, disabled_at=5.0, reason="disabled by an operator")
+    }
+    await store.set_subscriber_health("a", SubscriberHealth(), keep_disabled=True)  # recovered
+    assert await store.subscriber_health() == {
+        "a": SubscriberHealth(disabled_at=5.0, reason="disabled by an operator")
+    }
+    # a record not disabled is written as given, a disable included; a new one too
+    await store.set_subscriber_health(
+        "b", SubscriberHealth(failing_since=3.0, reason="HTTP 502"), keep_disabled=True
+    )
+    await store.set_subscriber_health(
+        "b", SubscriberHealth(failing_since=3.0, disabled_at=9.0, reason="gone"), keep_disabled=True
+    )
+    assert (await store.subscriber_health())["b"] == SubscriberHealth(3.0, 9.0, "gone")
+    # without it (an operator's enable), the record is replaced as a whole
+    await store.set_subscriber_health("a", SubscriberHealth())
+    assert (await store.subscriber_health())["a"] == SubscriberHealth()
+
+
+async def test_nul_characters_in_answers_errors_and_reasons_are_recorded_as_u_fffd(
+    store: Store,
+) -> None:
+    """PostgreSQL's text cannot hold NUL: both stores record U+FFFD in its place (and in
+    place of a lone surrogate, which no text column can hold), instead of refusing the
+    write (and with it every other attempt of its batch)."""
+    await enqueue(store, 10.0, event(1, "r1"), event(2, "r2"))
+    claimed = await store.claim_due(now=10.0, limit=10, lease_s=60, subscribers=["a"])
+    odd = Attempt(11.0, 500, 3.0, "HTTP 500: bad\x00byte \ud800", '{"x":"\x00\x00"}\x00')
+    plain = attempt_at(11.0)
+    outcomes = await asyncio.gather(
+        store.finish_attempt(claimed[0], odd, DEAD), store.finish_attempt(claimed[1], plain, DEAD)
+    )
+    assert list(outcomes) == [True, True]
+    views = {v.event_id: v for v in await everything(store)}
+    [recorded] = views[claimed[0].event.id].history
+    assert recorded == Attempt(
+        11.0, 500, 3.0, "HTTP 500: bad\ufffdbyte \ufffd", '{"x":"\ufffd\ufffd"}\ufffd'
+    )
+    assert views[claimed[1].event.id].history == (plain,)
+    health = SubscriberHealth(failing_since=1.0, disabled_at=2.0, reason="HTTP 410\x00 Gone")
+    await store.set_subscriber_health("a", health)
+    assert (await store.subscriber_health())["a"].reason == "HTTP 410\ufffd Gone"
+
+
+async def test_event_data_holding_an_escaped_nul_comes_back_equal(store: Store) -> None:
+    data = {"id": "r1", "note": "a\x00b", "\x00key": ["\x00", "\\u0000"]}
+    given = Event("evt_nul", COMPLETED, "r1", 5.0, None, data)
+    await store.commit_scan(ScanCommit([], [(given, ["a"])], now=5.0))
+    assert await store.list_events() == [given]
+    [claimed] = await store.claim_due(now=5.0, limit=1, lease_s=60, subscribers=["a"])
+    assert claimed.event == given

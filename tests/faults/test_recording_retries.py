@@ -44,9 +44,11 @@ class FlakyStore(SqliteStore):
         self._fail("finish_attempt")
         return await super().finish_attempt(delivery, attempt, outcome)
 
-    async def set_subscriber_health(self, subscriber_id: str, health: SubscriberHealth) -> None:
+    async def set_subscriber_health(
+        self, subscriber_id: str, health: SubscriberHealth, *, keep_disabled: bool = False
+    ) -> None:
         self._fail("set_subscriber_health")
-        await super().set_subscriber_health(subscriber_id, health)
+        await super().set_subscriber_health(subscriber_id, health, keep_disabled=keep_disabled)
 
 
 async def one_attempt_on_a_flaky_store(

@@ -5,6 +5,7 @@ answering stops polling before its lease can pass to the other replica."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -12,7 +13,6 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from bridge.clock import SystemClock
 from bridge.errors import StoreError
 from bridge.leader import Leadership
 from bridge.store.base import LeaderState
@@ -29,6 +29,7 @@ class Partitioned:
 
     def __init__(self, store: PgStore) -> None:
         self.store = store
+        self.replica_id = store.replica_id
         self.mode: str | None = None
 
     async def hold_leadership(
@@ -36,8 +37,9 @@ class Partitioned:
     ) -> bool:
         if self.mode == "error":
             raise StoreError("store: connection refused (cut off for the test)")
-        if self.mode == "hang":
-            await asyncio.Event().wait()
+        while self.mode == "hang":  # a dead connection: not even cancelling it ends the call
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.05)
         return await self.store.hold_leadership(replica, lease_s, last_poll_at=last_poll_at)
 
     async def leader(self) -> LeaderState:
@@ -74,9 +76,8 @@ class Replica:
     def start(self) -> None:
         leadership = Leadership(
             self.store,
-            replica=self.name,
+            holder=self.store.replica_id,
             lease_s=LEASE_S,
-            clock=SystemClock(),
             polling=self.polling,
             last_poll_at=time.time,
         )

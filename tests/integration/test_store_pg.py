@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,9 +19,13 @@ import structlog
 from bridge.errors import StoreError
 from bridge.models import Attempt, DeliveryState, Event, RecordState
 from bridge.store.base import AttemptOutcome, ScanCommit, SubscriberHealth
+from bridge.store.factory import build_store
 from bridge.store.pg import PgStore
 from bridge.store.pg_probe import probe_pg
 from bridge.store.pg_schema import migrations
+from bridge.store.pg_url import scrubbed
+from tests.conftest import make_secret
+from tests.integration.helpers import settings_for
 from tests.pgdb import fresh_schema, require_pg
 
 DEADLINE_S = 10.0
@@ -258,3 +263,187 @@ async def test_a_failing_query_says_what_failed_without_the_password(pg_url: str
     assert message.startswith(f"store postgresql://{host}:")
     assert "reading service state: UndefinedTable:" in message and '"meta"' in message
     assert "\n" not in message and password not in message
+
+
+async def test_nul_characters_from_outside_are_stored_as_u_fffd(pg: PgStore) -> None:
+    """PostgreSQL's text cannot hold NUL: record, event and service-state text is stored
+    with U+FFFD in its place instead of failing the whole scan (again at every poll)."""
+    odd = Event("evt\x00", "type\x00", "r\x00", 1.0, "pend\x00", {"s": "a\x00b"})
+    scan = ScanCommit(
+        [RecordState("r\x00", "pending\x00", "2026\x00")],
+        [(odd, ["sub\x00"])],
+        now=1.0,
+        seen=["r\x00"],
+        meta={"sweep": "{\x00}"},
+    )
+    done = await pg.commit_scan(scan)
+    assert (done.deliveries, done.recorded) == (1, frozenset({"evt\x00"}))
+    # found by the id the poller knows it by
+    assert await pg.known_states(["r\x00"]) == {
+        "r\x00": RecordState("r\x00", "pending\ufffd", "2026\ufffd")
+    }
+    assert await pg.get_meta("sweep") == "{\ufffd}"
+    [stored] = await pg.list_events(event_type="type\x00") or []
+    assert stored == Event("evt\ufffd", "type\ufffd", "r\ufffd", 1.0, "pend\ufffd", odd.data)
+    assert await pg.list_events(before="evt\x00") == []
+    [view] = await pg.list_deliveries(subscriber="sub\x00")
+    assert (view.event_id, view.subscriber_id) == ("evt\ufffd", "sub\ufffd")
+    # the same event again is recorded once
+    assert (await pg.commit_scan(ScanCommit([], [(odd, ["sub\x00"])], now=2.0))).deliveries == 0
+
+
+async def test_a_batch_of_attempts_the_database_refuses_is_recorded_one_by_one(
+    pg: PgStore,
+) -> None:
+    await pg.commit_scan(ScanCommit([], [(event(n, f"r{n}"), ["a"]) for n in range(3)], now=0.0))
+    claimed = await pg.claim_due(now=0.0, limit=3, lease_s=60.0, subscribers=["a"])
+    bad = Attempt(1.0, 2**40, 1.0, "HTTP ?", "")  # a status no integer column holds
+    ok = Attempt(1.0, 200, 1.0, None, "")
+    done = AttemptOutcome(DeliveryState.DELIVERED)
+    results = await asyncio.gather(
+        pg.finish_attempt(claimed[0], ok, done),
+        pg.finish_attempt(claimed[1], bad, done),
+        pg.finish_attempt(claimed[2], ok, done),
+        return_exceptions=True,
+    )
+    assert results[0] is True and results[2] is True
+    assert isinstance(results[1], StoreError) and "NumericValueOutOfRange" in str(results[1])
+    states = {v.id: v.state for v in await pg.list_deliveries()}
+    assert states == {
+        claimed[0].id: DeliveryState.DELIVERED,
+        claimed[1].id: DeliveryState.PENDING,  # still leased: it goes again when that ends
+        claimed[2].id: DeliveryState.DELIVERED,
+    }
+
+
+async def test_without_migrate_open_creates_nothing_and_names_both_versions(
+    pg_url: str,
+) -> None:
+    known = len(migrations())
+    with pytest.raises(StoreError) as raised:
+        await PgStore(pg_url, migrate=False).open()
+    message = str(raised.value)
+    assert "holds no store" in message and f"schema version 0, this bridge's is {known}" in message
+    assert await sql(pg_url, "SELECT * FROM pg_tables WHERE schemaname = current_schema()") == []
+    created = PgStore(pg_url)
+    await created.open()
+    await created.close()
+    reader = PgStore(pg_url, migrate=False, db_clock=False)
+    await reader.open()  # at this bridge's version: opened as it is
+    try:
+        assert (reader.created, reader.store_id) == (False, created.store_id)
+        assert reader.schema_version == known
+        assert await reader.list_deliveries() == []
+    finally:
+        await reader.close()
+    await sql(pg_url, "INSERT INTO schema_migrations (version) VALUES (%s)", (known + 7,))
+    with pytest.raises(StoreError, match=f"schema version {known + 7}, this bridge's is {known}"):
+        await PgStore(pg_url, migrate=False).open()
+    await sql(pg_url, "DELETE FROM schema_migrations")
+    with pytest.raises(StoreError, match=f"schema version 0, this bridge's is {known}"):
+        await PgStore(pg_url, migrate=False).open()
+    assert await sql(pg_url, "SELECT * FROM schema_migrations") == []
+
+
+@pytest.mark.parametrize("migrate", [True, False])
+async def test_build_store_passes_migrate_to_the_postgresql_store(
+    pg_url: str, tmp_path: Path, migrate: bool
+) -> None:
+    db = tmp_path / "b.db"
+    base = settings_for("http://127.0.0.1:9", "http://127.0.0.1:9/hook", make_secret(), db)
+    settings = base.model_copy(update={"store": base.store.model_copy(update={"url": pg_url})})
+    store = build_store(settings, migrate=migrate)
+    assert isinstance(store, PgStore)
+    if migrate:
+        await store.open()
+        await store.close()
+        assert store.created
+    else:
+        with pytest.raises(StoreError, match="holds no store"):
+            await store.open()
+    sqlite = build_store(base, migrate=False)  # SQLite: the argument is ignored
+    await sqlite.open()
+    await sqlite.close()
+    assert sqlite.created
+
+
+async def test_last_poll_at_never_moves_back(pg: PgStore) -> None:
+    assert await pg.hold_leadership("r1", 30.0, last_poll_at=None)
+    assert (await pg.leader()).last_poll_at is None
+    assert await pg.hold_leadership("r1", 30.0, last_poll_at=10.0)
+    assert await pg.hold_leadership("r1", 30.0, last_poll_at=None)  # nothing polled: kept
+    assert (await pg.leader()).last_poll_at == 10.0
+    assert await pg.hold_leadership("r1", 30.0, last_poll_at=7.0)  # an older one: kept
+    assert (await pg.leader()).last_poll_at == 10.0
+    await pg.resign("r1")
+    assert await pg.hold_leadership("r2", 30.0, last_poll_at=12.0)  # a new holder: newer
+    assert (await pg.leader()).last_poll_at == 12.0
+
+
+async def test_a_holders_per_process_suffix_is_not_shown(pg_url: str) -> None:
+    a = PgStore(pg_url, db_clock=False, replica_id="web-1#4f2a")
+    b = PgStore(pg_url, db_clock=False, replica_id="web-1#77c0")  # the same replica id
+    await a.open()
+    await b.open()
+    try:
+        assert await a.hold_leadership("web-1#4f2a", 30.0, last_poll_at=3.0)
+        assert not await b.hold_leadership("web-1#77c0", 30.0, last_poll_at=None)
+        assert (await b.leader()).replica == "web-1"
+        probed = await probe_pg(pg_url)
+        assert probed.leader is not None and probed.leader.replica == "web-1"
+        with pytest.raises(StoreError, match=r"^another replica \(web-1\) holds the poller's"):
+            await b.commit_scan(ScanCommit([], [(event(1), ["x"])], now=1.0))
+        assert (await a.commit_scan(ScanCommit([], [(event(1), ["x"])], now=1.0))).deliveries
+    finally:
+        await a.close()
+        await b.close()
+
+
+SECRET_URLS = [
+    # libpq cannot parse these: its messages quote the text, password and all
+    ("postgresql://bridge:S3cretPW%zz@127.0.0.1:5432/bridgedb", "S3cretPW"),
+    ("postgresql://bridge:S3cret PW@127.0.0.1:5432/bridgedb", "S3cret"),
+    ("postgresql://127.0.0.1:5432/bridgedb?password=S3cretPW&bogus=1", "S3cretPW"),
+    # an unencoded @: the rest of the password would be taken for the host
+    ("postgresql://bridge:S3c@retPW@127.0.0.1:5432/bridgedb", "retPW"),
+    # the server refuses: in the query string, and then in the user-info
+    ("postgresql://127.0.0.1:1/bridgedb?password=S3cretPW&user=bridge", "S3cretPW"),
+    ("postgresql://bridge:S3cretPW@127.0.0.1:1/bridgedb", "S3cretPW"),
+]
+
+
+@pytest.mark.parametrize(("url", "secret"), SECRET_URLS)
+@pytest.mark.parametrize("what", ["probe", "open", "listen"])
+async def test_no_error_quotes_the_password(url: str, secret: str, what: str) -> None:
+    if what == "listen":
+        stop = asyncio.Event()
+        with structlog.testing.capture_logs() as logs:
+            listening = asyncio.create_task(PgStore(url).listen(lambda _: None, stop))
+            deadline = time.monotonic() + DEADLINE_S
+            while not logs:
+                assert time.monotonic() < deadline, "no warning"
+                await asyncio.sleep(0.02)
+            stop.set()
+            await asyncio.wait_for(listening, 2.0)
+        message = str(logs)
+    else:
+        with pytest.raises(StoreError) as raised:
+            if what == "probe":
+                await probe_pg(url, timeout_s=2)
+            else:
+                await PgStore(url, open_timeout_s=2).open()
+        message = str(raised.value)
+        assert "\n" not in message and message.startswith("can")
+    assert secret not in message and "PW" not in message and "bridge@" not in message
+
+
+def test_the_scrubber_hides_user_info_and_password_parameters() -> None:
+    url = "postgresql://us%40er:p%40ss%3Aword@db.example:5432/app?password=S3cretPW"
+    text = (
+        "failed for user us@er (p@ss:word); conninfo password=S3cretPW host=db,"
+        " password = 'other one' us%40er:p%40ss%3Aword postgresql://us:pw@db.example/app"
+    )
+    shown = scrubbed(text, url)
+    for secret in ("us@er", "p@ss:word", "S3cretPW", "other one", "p%40ss", "us:pw"):
+        assert secret not in shown
+    assert "postgresql://db.example" in shown and "password=<redacted>" in shown

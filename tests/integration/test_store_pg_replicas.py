@@ -1,13 +1,17 @@
 """Two replicas on one PostgreSQL store (two `PgStore`s on one schema, each with its own
 pool): claims never overlap, a lease that ran out is fenced, a subscriber's cap and the
-per-record order hold across them, one holds the poller's lease and only it commits scans."""
+per-record order hold across them, one holds the poller's lease and only it commits scans;
+scans commit one at a time, and a long one does not hold up the lease's renewal."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 
+import psycopg
 import pytest
 
 from bridge.errors import StoreError
@@ -24,8 +28,9 @@ OK = Attempt(1.0, 200, 1.0, None, "")
 
 @pytest.fixture
 def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A new schema; its connections named after it (to find them among the server's)."""
     with fresh_schema(require_pg(request.node.nodeid)) as url:
-        yield url
+        yield f"{url}&application_name=replicas_{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture
@@ -196,3 +201,94 @@ async def test_only_the_lease_holder_commits_scans(
     assert (await b.commit_scan(late)).deliveries == 1
     await b.resign("r2")
     assert (await a.commit_scan(ScanCommit([], [(event(3), ["x"])], now=3.0))).deliveries == 1
+
+
+@asynccontextmanager
+async def deltas_locked(pg_url: str) -> AsyncIterator[None]:
+    """`delivery_count_deltas` locked by a transaction of the test's own: a scan that queues
+    deliveries stops there, after its events went in and before its fence and commit."""
+    async with await psycopg.AsyncConnection.connect(pg_url) as conn, conn.transaction():
+        await conn.execute("LOCK TABLE delivery_count_deltas IN EXCLUSIVE MODE")
+        yield
+
+
+async def waiting_for(pg_url: str, lock: str) -> bool:
+    """Whether one of this test's sessions waits for a lock of `lock` ("relation" or
+    "advisory")."""
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT COUNT(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE NOT l.granted AND l.locktype = %s"
+            " AND a.application_name = current_setting('application_name')",
+            (lock,),
+        )
+        row = await cur.fetchone()
+        return row is not None and row[0] > 0
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    deadline = time.monotonic() + 10.0
+    while not await check():
+        assert time.monotonic() < deadline, f"never: {what}"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_long_scan_commit_does_not_hold_up_the_lease_renewal(
+    pg_url: str, pair: tuple[PgStore, PgStore]
+) -> None:
+    a, _ = pair
+    assert await a.hold_leadership("r1", LEASE_S, last_poll_at=None)
+    async with deltas_locked(pg_url):
+        scan = asyncio.create_task(a.commit_scan(ScanCommit([], [(event(1), ["x"])], now=1.0)))
+        await until(lambda: waiting_for(pg_url, "relation"), "the scan waits")
+        # the scan is under way (its events written): the holder renews its lease meanwhile
+        renewed = await asyncio.wait_for(a.hold_leadership("r1", LEASE_S, last_poll_at=1.0), 5.0)
+        assert renewed and not scan.done()
+    assert (await scan).deliveries == 1
+
+
+async def test_scans_commit_one_at_a_time_so_events_are_numbered_in_commit_order(
+    pg_url: str, pair: tuple[PgStore, PgStore]
+) -> None:
+    a, b = pair  # the poller and a progress stream, say (no lease held: both may commit)
+    committed: list[str] = []
+
+    async def commit(store: PgStore, scan: ScanCommit, name: str) -> None:
+        await store.commit_scan(scan)
+        committed.append(name)
+
+    async with deltas_locked(pg_url):
+        first = asyncio.create_task(
+            commit(a, ScanCommit([], [(event(1), ["x"])], now=1.0), "first")
+        )
+        await until(lambda: waiting_for(pg_url, "relation"), "the first scan waits")
+        # a scan queuing no delivery: it would not wait for the table, only for the first
+        second = asyncio.create_task(commit(b, ScanCommit([], [(event(2), [])], now=2.0), "second"))
+
+        async def second_waits_or_is_done() -> bool:
+            return second.done() or await waiting_for(pg_url, "advisory")
+
+        await until(second_waits_or_is_done, "the second scan waits or commits")
+        assert not second.done(), "the second scan committed while the first was under way"
+    await asyncio.gather(first, second)
+    assert committed == ["first", "second"]
+    assert [e.id for e in reversed(await a.list_events() or [])] == ["evt_1", "evt_2"]  # by seq
+
+
+async def test_a_scan_of_many_events_commits_them_in_order_once(
+    pair: tuple[PgStore, PgStore],
+) -> None:
+    a, _ = pair
+    events = [(event(n, f"r{n % 50}"), ["x", "y"] if n % 2 else ["x"]) for n in range(3000)]
+    repeated = [(event(7, "r7"), ["y"])]  # an event id given twice: its first only counts
+    done = await a.commit_scan(ScanCommit([], [*events, *repeated], now=1.0))
+    assert done.deliveries == 4500 and done.recorded == {e.id for e, _ in events}
+    stored = await a.list_events(limit=-1) or []
+    assert [e.id for e in reversed(stored)] == [e.id for e, _ in events]
+    counts = await a.counts_by_subscriber()
+    assert (counts["x"][DeliveryState.PENDING], counts["y"][DeliveryState.PENDING]) == (3000, 1500)
+    # the record's order holds: the first of r7's events goes first
+    [first] = await a.claim_lanes(now=1.0, lease_s=LEASE_S, rooms=[("y", 1)])
+    assert first.event.id == "evt_1" and first.event.record_id == "r1"
+    again = await a.commit_scan(ScanCommit([], [*events[:10], (event(5000), ["x"])], now=2.0))
+    assert (again.deliveries, again.recorded) == (1, frozenset({"evt_5000"}))

@@ -126,6 +126,7 @@ def test_one_bad_item_is_quarantined_and_every_other_record_read(
         (good(1, id="x" * 257), "longer than 256"),
         (good(1, id="a\nb"), "control characters"),
         (good(1, status=None), "field 'status'"),
+        (good(1, status="succ\u0000ess"), "field 'status' holds control characters"),
         (good(1, created_at=1_790_000_000), "field 'created_at'"),
         (good(1, created_at="yesterday"), "not an ISO 8601 time"),
         ({"status": "success", "created_at": CREATED}, "field 'id'"),
