@@ -18,7 +18,7 @@ from bridge.models import DeliveryState
 from bridge.redact import describe
 from bridge.store.base import SubscriberHealth
 from bridge.store.factory import build_store
-from bridge.store.look import look
+from bridge.store.look import look, where_line
 
 READYZ_TIMEOUT_S = 2.0
 
@@ -123,10 +123,7 @@ def status_text(report: dict[str, Any], *, now: float | None = None) -> list[str
     """`status` for people."""
     now = time.time() if now is None else now
     store, bridge, poll = report["store"], report["bridge"], report["poll"]
-    if store["exists"]:
-        lines = [f"store: {store['path']} (schema version {store['schema_version']})"]
-    else:
-        lines = [f"store: {store['path']} does not exist yet (the first run creates it)"]
+    lines = [where_line(store["path"], store["exists"], store["schema_version"])]
     if bridge["running"] and "leader" in bridge:
         lines.append(f"bridge: running (replica {bridge['leader']} polls)")
     elif bridge["running"]:

@@ -63,11 +63,15 @@ async def look(settings: Settings) -> Look:
 
 
 def store_line(found: Look) -> str:
-    if not found.exists and found.where.startswith("postgres"):
-        return f"store: {found.where} has no bridge tables yet (the first run creates them)"
-    if not found.exists:
-        return f"store: {found.where} does not exist yet (the first run creates it)"
-    line = f"store: {found.where} (schema version {found.schema_version})"
-    if found.leader is not None:
-        line += f"; polling: replica {found.leader}"
-    return line
+    line = where_line(found.where, found.exists, found.schema_version)
+    return line if found.leader is None else f"{line}; polling: replica {found.leader}"
+
+
+def where_line(where: str, exists: bool, schema_version: int | None) -> str:
+    """`store: …` saying where the store is and its schema version, or that the first run
+    creates it."""
+    if not exists and where.startswith("postgres"):
+        return f"store: {where} has no bridge tables yet (the first run creates them)"
+    if not exists:
+        return f"store: {where} does not exist yet (the first run creates it)"
+    return f"store: {where} (schema version {schema_version})"
