@@ -163,6 +163,7 @@ class AdminConfig(Section):
     token: SecretStr | None = None
     token_file: str | None = None
     allowed_hosts: list[str] = Field(default_factory=list)
+    feed_tokens: list[SecretStr] = Field(default_factory=list)  # read-only: feed and stream
 
     @model_validator(mode="before")
     @classmethod
@@ -179,6 +180,16 @@ class AdminConfig(Section):
     def _token(cls, value: SecretStr | None) -> SecretStr | None:
         # an empty or short token would be guessed
         return None if value is None else admin_token(value)
+
+    @field_validator("feed_tokens")
+    @classmethod
+    def _feed_tokens(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for i, token in enumerate(value):
+            try:
+                admin_token(token)
+            except ValueError as exc:
+                raise ValueError(f"item {i}: {exc}") from None
+        return value
 
     @field_validator("allowed_hosts")
     @classmethod

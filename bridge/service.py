@@ -20,6 +20,7 @@ from bridge.deliver.guard import guarded_socket_factory
 from bridge.detect.poller import Poller, PollResult
 from bridge.detect.progress import ProgressWatcher
 from bridge.errors import BridgeError, StoreError
+from bridge.feedwait import FeedSignal
 from bridge.leader import Leadership
 from bridge.metrics import Metrics
 from bridge.models import PROGRESS, DeliveryState
@@ -61,6 +62,7 @@ class Service:
         self._background: set[asyncio.Task[None]] = set()
         self.watcher: ProgressWatcher | None = None
         self.metrics = Metrics()
+        self.feed = FeedSignal()  # wakes the pull feed's long polls and streams
         # supervised components that keep failing: name -> their last error (for /readyz)
         self.failing: dict[str, str] = {}
         # replicas share the store: a lease decides which one polls (SQLite: this one)
@@ -175,6 +177,7 @@ class Service:
     def _progress_event(self) -> None:
         self.metrics.events.labels(PROGRESS).inc()
         self.dispatcher.wake()
+        self.feed.stored()
 
     def _sent(self, sent: Sent) -> None:
         self.metrics.count_delivery(sent.delivery.subscriber_id, RESULTS.get(sent.state, "retry"))
@@ -206,6 +209,8 @@ class Service:
             self.watcher.update(self.poller.pending)
         if result.deliveries:
             self.dispatcher.wake()
+        if result.events:
+            self.feed.stored()
         if self._on_poll is not None:
             self._on_poll(result)
 
@@ -236,6 +241,7 @@ class Service:
         finally:
             if self.watcher is not None:
                 await self.watcher.close()
+            self.feed.close()  # open long polls answer, streams end: the server stops at once
             if admin is not None:
                 await admin.cleanup()
         log.info("stopped cleanly")
@@ -294,10 +300,16 @@ class Service:
             return None
 
     def _notified(self, payload: str) -> None:
-        """Another replica (or an operator through it) changed the outbox or a subscriber."""
+        """Another replica (or an operator through it) changed the outbox, stored events or
+        changed a subscriber; after a reconnection (wake-ups may have been missed) all."""
         if payload == "outbox":
             self.dispatcher.wake()
             return
+        if payload == "events":
+            self.feed.stored()
+            return
+        if payload == "reconnected":
+            self.feed.stored()
         task = asyncio.create_task(self._reload_health())
         self._background.add(task)
         task.add_done_callback(self._background.discard)

@@ -12,6 +12,7 @@ import structlog
 
 from bridge.clock import FakeClock
 from tests import pgdb
+from tests.browser import chromium
 
 
 @pytest.fixture(autouse=True)
@@ -52,4 +53,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(
             f"{len(pgdb.skipped)} PostgreSQL tests skipped: BRIDGE_TEST_PG_URL is not set"
             " (set it to a postgresql:// URL to run them; .ci/run does)"
+        )
+    if chromium.skipped:
+        terminalreporter.write_line(
+            f"{len(chromium.skipped)} browser tests skipped: {chromium.CHROMIUM} is not installed"
+            " (apt-get install chromium; .ci/run does)"
         )

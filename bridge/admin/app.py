@@ -10,7 +10,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from bridge.admin import views
+import bridge.ui
+from bridge.admin import feed, views
 from bridge.admin.guard import api_guard
 from bridge.admin.health import poll_error_kind, readiness
 from bridge.admin.openapi import document
@@ -49,6 +50,9 @@ def create_app(service: Service) -> web.Application:
     app.router.add_get("/api/deliveries/{id}", get_delivery)
     app.router.add_post("/api/deliveries/{id}/retry", retry_delivery)
     app.router.add_post("/api/replay", post_replay)
+    app.router.add_get("/api/feed", feed.feed)
+    app.router.add_get("/api/stream", feed.stream)
+    bridge.ui.setup(app)  # the dashboard under /ui/
     return app
 
 

@@ -24,6 +24,7 @@ from bridge.config_checks import is_loopback
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+FEED_ROUTES = frozenset({"/api/feed", "/api/stream"})  # where `admin.feed_tokens` work too
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 JSON = "application/json"
 # the types a web page may POST to another site without a CORS preflight
@@ -110,15 +111,20 @@ def _origin_refusal(request: web.Request) -> str | None:
 
 
 def _token_refusal(request: web.Request, admin: AdminConfig) -> web.Response | None:
-    """401 unless the bearer token matches, compared in constant time."""
+    """401 unless the bearer token matches, compared in constant time: the admin token, or
+    on the pull feed's routes one of the read-only `admin.feed_tokens` too. Without an admin
+    token the API is loopback-only and token-less, the feed as well."""
     if admin.token is None:
         return None
     scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
     # bytes that are not UTF-8 arrive as lone surrogates: compare them as they came
     given = offered.encode("utf-8", "surrogateescape")
-    expected = admin.token.get_secret_value().encode()
-    # the scheme is case-insensitive (RFC 9110)
-    if hmac.compare_digest(given, expected) and scheme.lower() == "bearer":
+    accepted = [admin.token]
+    if request.path in FEED_ROUTES:
+        accepted += admin.feed_tokens
+    # every token compared (no early exit); the scheme is case-insensitive (RFC 9110)
+    matched = [hmac.compare_digest(given, t.get_secret_value().encode()) for t in accepted]
+    if any(matched) and scheme.lower() == "bearer":
         return None
     response = _error(401, "missing or wrong bearer token (Authorization: Bearer …)")
     response.headers["WWW-Authenticate"] = 'Bearer realm="munsit-bridge"'

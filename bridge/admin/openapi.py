@@ -7,6 +7,7 @@ from typing import Any
 from bridge import __version__
 from bridge.models import EVENT_TYPES, DeliveryState
 
+_CURSOR = "^c_(0|[1-9a-z][0-9a-z]{0,12})$"
 _NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -23,6 +24,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         " admin.allowed_hosts",
         404: "unknown id",
         409: "conflicts with the current state",
+        410: "the cursor is older than the retained events: start again without after",
         413: "body larger than 1 MiB",
         415: "a body that is not application/json",
         503: "store unavailable",
@@ -103,6 +105,19 @@ _SCHEMAS: dict[str, Any] = {
             "previous_status": {"type": ["string", "null"]},
             "record_id": {"type": "string"},
             "data": {"type": "object"},
+        },
+    },
+    "FeedEvent": {
+        "type": "object",
+        "description": "the standard webhook body of the event, plus its cursor",
+        "required": ["id", "type", "timestamp", "previous_status", "data", "cursor"],
+        "properties": {
+            "id": {"type": "string"},
+            "type": {"enum": list(EVENT_TYPES)},
+            "timestamp": {"type": "string", "format": "date-time"},
+            "previous_status": {"type": ["string", "null"]},
+            "data": {"type": "object"},
+            "cursor": {"type": "string", "pattern": _CURSOR},
         },
     },
     "Attempt": {
@@ -317,6 +332,74 @@ def document() -> dict[str, Any]:
                             "the delivery, due now",
                         ),
                         **_post_errors(400, 404, 409),
+                    },
+                }
+            },
+            "/api/feed": {
+                "get": {
+                    "summary": "Events oldest first after a cursor (admin or feed token)",
+                    "parameters": [
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "description": "a cursor (an event's or a `next`): the events"
+                            " stored after it; without it, from the oldest retained event",
+                            "schema": {"type": "string", "pattern": _CURSOR},
+                        },
+                        _LIMIT,
+                        {"name": "type", "in": "query", "schema": {"enum": list(EVENT_TYPES)}},
+                        {
+                            "name": "wait_s",
+                            "in": "query",
+                            "description": "when there is nothing yet, wait up to this long"
+                            " for an event (long poll)",
+                            "schema": {"type": "number", "minimum": 0, "maximum": 30},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["events", "next"],
+                                "properties": {
+                                    "events": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/FeedEvent"},
+                                    },
+                                    "next": {"type": "string", "pattern": _CURSOR},
+                                },
+                            },
+                            "a page of events; pass `next` back as `after`",
+                        ),
+                        **_errors(400, 410),
+                    },
+                }
+            },
+            "/api/stream": {
+                "get": {
+                    "summary": "Server-Sent Events as they are stored (admin or feed token)",
+                    "parameters": [
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "description": "a cursor: the events stored after it (the"
+                            " Last-Event-ID header wins); without one, from now on",
+                            "schema": {"type": "string", "pattern": _CURSOR},
+                        },
+                        {
+                            "name": "Last-Event-ID",
+                            "in": "header",
+                            "schema": {"type": "string", "pattern": _CURSOR},
+                        },
+                        {"name": "type", "in": "query", "schema": {"enum": list(EVENT_TYPES)}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "`id: <cursor>`, `event: <type>`, `data: <standard"
+                            " body>` per event; `: keep-alive` every 15 s",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(400, 410),
                     },
                 }
             },

@@ -29,6 +29,17 @@ BASELINE_MARK = "baseline_mark"  # created_at of the newest record of the first 
 BASELINE_TIES = "baseline_ties"  # ids of the baseline records created at that same instant
 SWEEP = "sweep"  # position of an unfinished deep scan (JSON)
 LAST_FULL_SCAN = "last_full_scan_at"  # unix time the last reconciliation scan started
+PURGED_UP_TO = "purged_up_to_seq"  # the highest seq retention deleted (feed cursors below: 410)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPage:
+    """A page of the pull feed: events past a seq, oldest first, each with its seq; the
+    newest seq stored (0: none ever) and the highest seq retention deleted (0: none)."""
+
+    events: list[tuple[int, Event]]
+    newest_seq: int
+    purged_up_to: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +188,13 @@ class OperationsStore(Protocol):
         ...
 
     async def get_delivery(self, delivery_id: int) -> DeliveryView | None: ...
+
+    async def events_after(
+        self, *, after_seq: int | None, limit: int, event_type: str | None = None
+    ) -> FeedPage:
+        """Up to `limit` events stored after seq `after_seq` (None: from the oldest kept),
+        oldest first, in the order they were stored (commit order, on every backend)."""
+        ...
 
     async def list_events(
         self, *, event_type: str | None = None, limit: int = 100, before: str | None = None

@@ -36,13 +36,14 @@ from bridge.store.base import (
     BASELINE_MARK,
     AttemptOutcome,
     Committed,
+    FeedPage,
     LeaderState,
     ScanCommit,
     SubscriberHealth,
 )
 from bridge.store.claims_common import Claimed, log_lost
 from bridge.store.pg_finish import Finisher
-from bridge.store.pg_listen import HEALTH, OUTBOX, channel_name, listen, notify
+from bridge.store.pg_listen import EVENTS, HEALTH, OUTBOX, channel_name, listen, notify
 from bridge.store.pg_pool import Pool
 from bridge.store.pg_schema import Conn
 
@@ -133,6 +134,8 @@ class PgStore:
             done = await scans.commit_scan(conn, commit, due_at=await self._now(conn, commit.now))
             if done.deliveries:
                 await notify(conn, self._channel, OUTBOX)
+            if done.recorded:
+                await notify(conn, self._channel, EVENTS)  # the pull feed's waiters
             await leases.fence(conn, self.replica_id)  # last: the lease's row locked briefly
             return done
 
@@ -233,6 +236,13 @@ class PgStore:
 
     async def get_delivery(self, delivery_id: int) -> DeliveryView | None:
         return await self._db.read("reading a delivery", lambda c: ops.get_delivery(c, delivery_id))
+
+    async def events_after(
+        self, *, after_seq: int | None, limit: int, event_type: str | None = None
+    ) -> FeedPage:
+        return await self._db.read(
+            "reading the feed", lambda c: ops.events_after(c, after_seq, limit, event_type)
+        )
 
     async def list_events(
         self, *, event_type: str | None = None, limit: int = 100, before: str | None = None

@@ -28,6 +28,7 @@ log = structlog.get_logger("bridge.store")
 
 OUTBOX = "outbox"  # deliveries became due without waiting
 HEALTH = "health"  # a subscriber's health changed
+EVENTS = "events"  # events were stored (the pull feed's long polls and streams)
 RECONNECTED = "reconnected"  # listening (again): wake-ups may have been missed
 MAX_CHANNEL_BYTES = 63  # PostgreSQL's identifiers (NAMEDATALEN - 1)
 FIRST_PAUSE_S = 1.0

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from bridge.models import Attempt, DeliveryState, DeliveryView, Event, Replayed
-from bridge.store.base import SubscriberHealth
+from bridge.store.base import PURGED_UP_TO, FeedPage, SubscriberHealth
 from bridge.store.claims_common import storable
 from bridge.store.pg_schema import Conn, lock_key
 
@@ -131,6 +131,32 @@ async def list_events(
         [*params, _limit(limit)],
     )
     return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in await cur.fetchall()]
+
+
+async def events_after(
+    conn: Conn, after_seq: int | None, limit: int, event_type: str | None
+) -> FeedPage:
+    """The pull feed's page. Safe to serve in seq order: every INSERT INTO events is in a
+    scan commit (`pg_scan.commit_scan`, progress events included), and those hold the scan
+    advisory lock until they commit, so seqs are taken and become visible in commit order:
+    no lower seq can appear after a higher one was seen."""
+    where = "seq > %s"
+    params: list[Any] = [after_seq or 0]
+    if event_type is not None:
+        where += " AND type = %s"
+        params.append(storable(event_type))
+    cur = await conn.execute(
+        "SELECT seq, id, type, record_id, occurred_at, previous_status, data FROM events"
+        f" WHERE {where} ORDER BY seq LIMIT %s",
+        [*params, _limit(limit)],
+    )
+    rows = await cur.fetchall()
+    newest = await (await conn.execute("SELECT MAX(seq) FROM events")).fetchone()
+    purged = await (
+        await conn.execute("SELECT value FROM meta WHERE key = %s", (PURGED_UP_TO,))
+    ).fetchone()
+    events = [(r[0], Event(r[1], r[2], r[3], r[4], r[5], json.loads(r[6]))) for r in rows]
+    return FeedPage(events, int(newest[0] or 0) if newest else 0, int(purged[0]) if purged else 0)
 
 
 async def retry(conn: Conn, delivery_id: int, now: float) -> DeliveryState | None:

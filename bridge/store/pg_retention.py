@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from functools import partial
 
 from bridge.models import DeliveryState
+from bridge.store.base import PURGED_UP_TO
 from bridge.store.pg_ops import counts_by_subscriber, fold
 from bridge.store.pg_pool import Pool
 from bridge.store.pg_schema import Conn
@@ -115,12 +116,20 @@ async def lone_events(
 
 async def delete_events(conn: Conn, seqs: Sequence[int], kept_after: float) -> int:
     """Delete those of `seqs` still old and without deliveries (a replay may have added one
-    since they were read). The caller holds the transaction."""
+    since they were read), and raise the `purged_up_to_seq` mark to the highest seq deleted
+    (feed cursors below it are past retention). The caller holds the transaction."""
     cur = await conn.execute(
-        f"DELETE FROM events WHERE seq = ANY(%s::bigint[]) AND {_ALONE}",
+        f"DELETE FROM events WHERE seq = ANY(%s::bigint[]) AND {_ALONE} RETURNING seq",
         (list(seqs), kept_after),
     )
-    return cur.rowcount
+    deleted = [row[0] for row in await cur.fetchall()]
+    if deleted:
+        await conn.execute(
+            "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET"
+            " value = GREATEST(meta.value::bigint, excluded.value::bigint)::text",
+            (PURGED_UP_TO, str(max(deleted))),
+        )
+    return len(deleted)
 
 
 async def reconcile_subscribers(

@@ -31,6 +31,7 @@ from bridge.store.base import (
     BASELINE_MARK,
     AttemptOutcome,
     Committed,
+    FeedPage,
     ScanCommit,
     SubscriberHealth,
 )
@@ -305,6 +306,11 @@ class SqliteStore:
 
     async def get_delivery(self, delivery_id: int) -> DeliveryView | None:
         return await self._run(lambda c: ops.get_delivery(c, delivery_id))
+
+    async def events_after(
+        self, *, after_seq: int | None, limit: int, event_type: str | None = None
+    ) -> FeedPage:
+        return await self._run(lambda c: ops.events_after(c, after_seq, limit, event_type))
 
     async def list_events(
         self, *, event_type: str | None = None, limit: int = 100, before: str | None = None

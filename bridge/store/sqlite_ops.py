@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bridge.models import Attempt, DeliveryState, DeliveryView, Event, Replayed
+from bridge.store.base import PURGED_UP_TO, FeedPage
 
 _VIEW_COLUMNS = (
     "SELECT d.id, e.id, e.type, d.subscriber_id, d.state, d.attempts, d.next_attempt_at,"
@@ -96,6 +97,27 @@ def list_events(
         [*params, limit],
     ).fetchall()
     return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+
+
+def events_after(
+    conn: sqlite3.Connection, after_seq: int | None, limit: int, event_type: str | None
+) -> FeedPage:
+    """The pull feed's page (the newest seq is read after it: never below its last).
+    SQLite has one writer: seqs become visible in the order they were stored."""
+    where = "seq > ?"
+    params: list[Any] = [after_seq or 0]
+    if event_type is not None:
+        where += " AND type = ?"
+        params.append(event_type)
+    rows = conn.execute(
+        "SELECT seq, id, type, record_id, occurred_at, previous_status, data FROM events"
+        f" WHERE {where} ORDER BY seq LIMIT ?",
+        [*params, limit],
+    ).fetchall()
+    newest = conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+    purged = conn.execute("SELECT value FROM meta WHERE key = ?", (PURGED_UP_TO,)).fetchone()
+    events = [(r[0], Event(r[1], r[2], r[3], r[4], r[5], json.loads(r[6]))) for r in rows]
+    return FeedPage(events, int(newest or 0), int(purged[0]) if purged else 0)
 
 
 def retry(conn: sqlite3.Connection, delivery_id: int, now: float) -> DeliveryState | None:

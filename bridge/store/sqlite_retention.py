@@ -17,6 +17,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from bridge import jsontext
+from bridge.store.base import PURGED_UP_TO
 
 # finished deliveries old enough to go, by the per-state indexes on `updated_at`
 _EXPIRED = (
@@ -47,11 +48,7 @@ def purge_deliveries(
     each = "IN (SELECT value FROM json_each(?))"
     conn.execute(f"DELETE FROM attempts WHERE delivery_id {each}", (ids,))
     conn.execute(f"DELETE FROM deliveries WHERE id {each}", (ids,))
-    seqs = jsontext.dumps(sorted({row[1] for row in rows}))
-    events = conn.execute(
-        f"DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?)) AND {_ALONE}",
-        (seqs, kept_after),
-    ).rowcount
+    events = delete_events(conn, sorted({row[1] for row in rows}), kept_after=kept_after)
     return len(rows), events
 
 
@@ -83,11 +80,20 @@ def lone_events(
 
 def delete_events(conn: sqlite3.Connection, seqs: Sequence[int], *, kept_after: float) -> int:
     """Delete those of `seqs` still old and without deliveries (a replay may have added one
-    since they were read). The caller holds the write transaction."""
-    return conn.execute(
-        f"DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?)) AND {_ALONE}",
+    since they were read), and raise the `purged_up_to_seq` mark to the highest seq deleted
+    (feed cursors below it are past retention). The caller holds the write transaction."""
+    deleted = conn.execute(
+        f"DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?)) AND {_ALONE}"
+        " RETURNING seq",
         (jsontext.dumps(list(seqs)), kept_after),
-    ).rowcount
+    ).fetchall()
+    if deleted:
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET"
+            " value = MAX(CAST(meta.value AS INTEGER), CAST(excluded.value AS INTEGER))",
+            (PURGED_UP_TO, str(max(row[0] for row in deleted))),
+        )
+    return len(deleted)
 
 
 def reconcile_subscribers(

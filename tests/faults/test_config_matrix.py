@@ -177,6 +177,7 @@ ROWS = [
     Row("admin.token_file", '"/etc"', "cannot read /etc (Is a directory)"),
     Row("admin.allowed_hosts", '["bridge.example", "not a host!"]', "item 1: must be a host name"),
     Row("admin.allowed_hosts", '"bridge.example"', "Input should be a valid list"),
+    Row("admin.feed_tokens", '["long-enough-feed-token", "short"]', "item 1: must be at least"),
     Row(
         "admin.token",
         '"tok-5521-secret\\nX-Injected: 1"',

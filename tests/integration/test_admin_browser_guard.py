@@ -187,11 +187,14 @@ async def test_without_a_token_a_foreign_host_is_refused(serve: Any, host: str) 
             ("GET", "/api/subscribers", {}),
             ("POST", "/api/subscribers/rx/disable", {}),
             ("POST", "/api/replay", {"json": REPLAY}),
-            ("GET", "/ui/", {}),  # every route but the probes, present and future
+            ("GET", "/api/nothing-here", {}),  # every route but the probes, present and future
         ]:
             await refused(
                 admin.http, method, path, 403, "Host", "DNS rebinding", headers=headers, **kw
             )
+        for path in ("/ui/", "/ui/deliveries"):  # the dashboard answers in HTML, as refusing
+            resp = await admin.http.get(path, headers=headers)
+            assert resp.status == 403, path
         await admin.nothing_happened()
 
 

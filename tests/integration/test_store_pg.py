@@ -167,6 +167,7 @@ async def test_listen_hears_what_another_store_does_and_returns_when_stopped(
         assert await asyncio.wait_for(heard.get(), DEADLINE_S) == "reconnected"
         await other.commit_scan(ScanCommit([], [(event(1), ["a"])], now=0.0))
         assert await asyncio.wait_for(heard.get(), DEADLINE_S) == "outbox"
+        assert await asyncio.wait_for(heard.get(), DEADLINE_S) == "events"  # the pull feed's
         await other.commit_scan(ScanCommit([RecordState("r9", "pending", "t")], [], now=1.0))
         await other.set_subscriber_health("a", SubscriberHealth(failing_since=1.0))
         # the scan that queued nothing said nothing
