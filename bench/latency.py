@@ -25,7 +25,7 @@ from bridge.clock import SystemClock
 from bridge.detect.poller import PollResult
 from bridge.logging import configure
 from bridge.service import Service
-from bridge.upstream.simulator import Simulator
+from bridge.sim.simulator import Simulator
 
 
 async def run_once(

@@ -23,7 +23,7 @@ from bench.common import record
 from bench.harness import SECRET
 from bridge.clock import SystemClock
 from bridge.models import iso_utc
-from bridge.upstream.simulator import Simulator
+from bridge.sim.simulator import Simulator
 
 BASE_S = 1_790_000_000.0
 MB = 1024 * 1024

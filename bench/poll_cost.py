@@ -17,8 +17,8 @@ from bench.harness import settings
 from bridge.clock import SystemClock
 from bridge.logging import configure
 from bridge.service import Service
+from bridge.sim.simulator import Simulator
 from bridge.store.base import SWEEP
-from bridge.upstream.simulator import Simulator
 
 IDLE_POLLS = 5
 

@@ -50,7 +50,7 @@ from bridge.clock import SystemClock
 from bridge.config_store import shown_store_url
 from bridge.deliver.formats import render
 from bridge.logging import configure
-from bridge.upstream.simulator import Simulator
+from bridge.sim.simulator import Simulator
 from tests.pgdb import with_schema
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"

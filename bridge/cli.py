@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return _check(args.config, live=args.live, send=args.send_test)
         if args.command == "demo":
-            from bridge.demo import run_demo
+            from bridge.sim.demo import run_demo
 
             return asyncio.run(run_demo())
         if args.command == "send-test":
@@ -180,7 +180,7 @@ def _deliveries(args: argparse.Namespace) -> int:
 
 
 def _simulate(host: str, port: int, api_key: str, jobs: int) -> int:
-    from bridge.upstream.simulator import serve
+    from bridge.sim.simulator import serve
 
     asyncio.run(serve(host=host, port=port, api_key=api_key, jobs=jobs))
     return EXIT_OK

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from bridge.clock import FakeClock
+from bridge.sim.clock import FakeClock
 from tests import pgdb
 from tests.browser import chromium
 

@@ -16,11 +16,11 @@ from playwright.async_api import Browser, Page, async_playwright
 from pydantic import SecretStr
 
 from bridge.admin.app import create_app
-from bridge.clock import FakeClock
 from bridge.config import Settings
 from bridge.service import Service
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 from bridge.ui import setup
-from bridge.upstream.simulator import Simulator
 from tests.browser import chromium
 from tests.integration.helpers import RecordingReceiver, ServerFactory, settings_for
 

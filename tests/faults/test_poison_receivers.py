@@ -21,15 +21,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bridge.admin.app import create_app
-from bridge.clock import FakeClock
 from bridge.config import Settings
 from bridge.deliver import dispatcher, sender
 from bridge.deliver.formats import render
 from bridge.logging import configure
 from bridge.models import DeliveryState, Event
 from bridge.service import Service
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 from bridge.store.sqlite import SqliteStore
-from bridge.upstream.simulator import Simulator
 from tests.conftest import make_secret
 from tests.integration.helpers import ServerFactory
 from tests.integration.leaks import SECRET_PARTS, GarbledReceiver, secret_url, store_files

@@ -20,7 +20,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from bridge.clock import SystemClock
-from bridge.upstream.simulator import Simulator
+from bridge.sim.simulator import Simulator
 from tests.integration.helpers import RecordingReceiver, bridge_process
 
 ServerFactory = Callable[..., Any]

@@ -21,13 +21,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from bridge.clock import FakeClock
 from bridge.config import Settings
 from bridge.models import DeliveryState, DeliveryView
 from bridge.service import Service
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 from bridge.store.base import SubscriberHealth
 from bridge.store.sqlite import SqliteStore
-from bridge.upstream.simulator import Simulator
 from tests.conftest import make_secret
 from tests.integration.helpers import RecordingReceiver, settings_for
 

@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from bridge.clock import FakeClock
 from bridge.deliver.persist import WRITE_RETRY_S
 from bridge.errors import StoreError
 from bridge.logging import configure
 from bridge.models import Attempt, Delivery, DeliveryState
 from bridge.service import Service
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 from bridge.store.base import AttemptOutcome, SubscriberHealth
 from bridge.store.sqlite import SqliteStore
-from bridge.upstream.simulator import Simulator
 from tests.conftest import make_secret
 from tests.integration.helpers import RecordingReceiver, ServerFactory, drive, settings_for
 

@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 
 from bridge.clock import SystemClock
-from bridge.upstream.simulator import Simulator
+from bridge.sim.simulator import Simulator
 from tests.integration.helpers import RecordingReceiver, bridge_process, free_port
 
 ServerFactory = Callable[..., Any]

@@ -26,12 +26,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from structlog.testing import LogCapture
 
-from bridge.clock import FakeClock
 from bridge.deliver.dispatcher import Sent
 from bridge.detect.poller import PollResult
 from bridge.models import COMPLETED, CREATED, FAILED_EVENT, event_id
 from bridge.service import Service
-from bridge.upstream.simulator import Simulator
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 from tests.integration.helpers import RecordingReceiver, settings_for
 from tests.integration.test_pipeline import signature_matches
 

@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from bridge.clock import FakeClock
 from bridge.config import Settings
 from bridge.service import Service
-from bridge.upstream.simulator import Simulator
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 
 T = TypeVar("T")
 ServerFactory = Callable[..., Any]

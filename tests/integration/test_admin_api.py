@@ -24,7 +24,6 @@ from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from bridge.admin.app import create_app
-from bridge.clock import FakeClock
 from bridge.config import Settings, SubscriberConfig
 from bridge.deliver.verify import verify
 from bridge.models import (
@@ -37,7 +36,8 @@ from bridge.models import (
     iso_utc,
 )
 from bridge.service import Service
-from bridge.upstream.simulator import Simulator
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 from tests.integration.helpers import RecordingReceiver, ServerFactory, drive, settings_for
 
 Client = TestClient[web.Request, web.Application]

@@ -18,11 +18,11 @@ from aiohttp import FormData, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bridge.admin.app import create_app
-from bridge.clock import FakeClock
 from bridge.config import AdminConfig
 from bridge.models import DeliveryState
 from bridge.service import Service
-from bridge.upstream.simulator import Simulator
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 from tests.integration.helpers import RecordingReceiver, ServerFactory, drive, settings_for
 
 Client = TestClient[web.Request, web.Application]

@@ -14,11 +14,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from bridge.admin.app import create_app
-from bridge.clock import FakeClock
 from bridge.config import Settings
 from bridge.models import COMPLETED, event_id, iso_utc
 from bridge.service import Service
-from bridge.upstream.simulator import Simulator
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 from tests.integration.helpers import RecordingReceiver, ServerFactory, drive, settings_for
 
 TOKEN = "s3cret-admin-token"

@@ -10,11 +10,11 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge.clock import FakeClock
 from bridge.deliver.ahead import IDLE_WAIT_S, STORE_RETRY_S, Ahead
 from bridge.deliver.lanes import Lane, TokenBucket
 from bridge.models import DeliveryState, Event
 from bridge.service import Service
+from bridge.sim.clock import FakeClock
 from bridge.store.base import ScanCommit, Store
 from bridge.store.sqlite import SqliteStore
 from tests.integration.helpers import settings_for

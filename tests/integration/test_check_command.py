@@ -13,9 +13,9 @@ from standardwebhooks.webhooks import Webhook
 
 from bridge.cli import main
 from bridge.clock import SystemClock
+from bridge.sim.simulator import Simulator
 from bridge.store.sqlite import SqliteStore
 from bridge.store.sqlite_schema import MIGRATIONS
-from bridge.upstream.simulator import Simulator
 from tests.integration.helpers import RecordingReceiver, ServerFactory, bridge_process
 
 SECRET = "whsec_" + "A" * 43 + "="

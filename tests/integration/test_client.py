@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
-from bridge.clock import FakeClock, SystemClock
+from bridge.clock import SystemClock
 from bridge.errors import (
     UpstreamAuthError,
     UpstreamNotFound,
@@ -24,8 +24,9 @@ from bridge.errors import (
     UpstreamUnavailable,
 )
 from bridge.retry_after import parse_retry_after
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 from bridge.upstream.client import MunsitClient
-from bridge.upstream.simulator import Simulator
 
 ServerFactory = Callable[..., Any]
 

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp.test_utils import TestServer
 
 from bridge.clock import SystemClock
-from bridge.upstream.simulator import Simulator
+from bridge.sim.simulator import Simulator
 from tests.integration.helpers import bridge_process
 
 ServerFactory = Callable[..., Any]

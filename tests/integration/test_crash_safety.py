@@ -16,9 +16,9 @@ from aiohttp.test_utils import TestServer
 
 from bridge.clock import SystemClock
 from bridge.models import DeliveryState, event_id
+from bridge.sim.simulator import Simulator
 from bridge.store.sqlite import SqliteStore
 from bridge.store.sqlite_claim import LOST_ATTEMPT
-from bridge.upstream.simulator import Simulator
 from tests.integration.helpers import bridge_process
 
 ServerFactory = Callable[..., Any]

@@ -16,9 +16,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from standardwebhooks.webhooks import Webhook
 
-from bridge.clock import FakeClock
 from bridge.service import Service
-from bridge.upstream.simulator import Simulator
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 from tests.conftest import make_secret
 from tests.integration.helpers import RecordingReceiver, one_attempt, settings_for
 

@@ -12,15 +12,15 @@ import pytest
 import structlog
 from aiohttp.test_utils import TestServer
 
-from bridge.clock import FakeClock
 from bridge.config import Settings, UpstreamConfig
 from bridge.detect.poller import Poller, failure_backoff_s
 from bridge.errors import UpstreamProtocolError, UpstreamUnavailable
 from bridge.models import Record
 from bridge.service import Service
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 from bridge.store.base import SWEEP
 from bridge.store.sqlite import SqliteStore
-from bridge.upstream.simulator import Simulator
 from tests.integration.helpers import drive, settings_for
 
 ServerFactory = Callable[..., Any]

@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp.test_utils import TestServer
 
 from bridge.clock import SystemClock
-from bridge.upstream.simulator import Simulator
+from bridge.sim.simulator import Simulator
 from tests.integration.helpers import ServerFactory
 
 ROOT = Path(__file__).parents[2]

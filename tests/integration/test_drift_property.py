@@ -16,12 +16,12 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.clock import FakeClock
 from bridge.detect.poller import PollResult
 from bridge.models import Record
 from bridge.service import Service
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 from bridge.store.base import SWEEP
-from bridge.upstream.simulator import Simulator
 from tests.conftest import make_secret
 from tests.integration.helpers import settings_for
 

@@ -12,11 +12,11 @@ import pytest
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
-from bridge.clock import FakeClock
 from bridge.config import Settings
 from bridge.models import DeliveryState
 from bridge.service import Service
-from bridge.upstream.simulator import Simulator
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 from tests.integration.helpers import RecordingReceiver, settings_for
 
 ServerFactory = Callable[..., Any]

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from bridge.clock import SystemClock
 from bridge.models import event_id
-from bridge.upstream.simulator import Simulator
+from bridge.sim.simulator import Simulator
 from tests.integration.helpers import ServerFactory
 from tests.integration.test_crash_safety import CountingReceiver, start_bridge
 

@@ -10,9 +10,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.admin.app import create_app
-from bridge.clock import FakeClock
 from bridge.service import Service
-from bridge.upstream.simulator import Simulator
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 from tests.integration.helpers import RecordingReceiver, ServerFactory, drive, settings_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -20,7 +20,7 @@ from bridge.admin.app import create_app
 from bridge.admin.openapi import document
 from bridge.clock import SystemClock
 from bridge.service import Service
-from bridge.upstream.simulator import Simulator
+from bridge.sim.simulator import Simulator
 from tests.conftest import make_secret
 from tests.integration.helpers import RecordingReceiver, settings_for
 

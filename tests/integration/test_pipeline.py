@@ -13,12 +13,12 @@ from aiohttp.test_utils import TestServer
 from standardwebhooks.webhooks import Webhook
 from structlog.testing import capture_logs
 
-from bridge.clock import FakeClock
 from bridge.config import Settings
 from bridge.errors import UpstreamUnavailable
 from bridge.models import DeliveryState, Record, event_id
 from bridge.service import Service
-from bridge.upstream.simulator import Simulator
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 from tests.integration.helpers import RecordingReceiver, drive, settings_for
 
 ServerFactory = Callable[..., Any]

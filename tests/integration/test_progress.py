@@ -15,7 +15,6 @@ import structlog
 from aiohttp.test_utils import TestServer
 from standardwebhooks.webhooks import Webhook
 
-from bridge.clock import FakeClock
 from bridge.config import Settings
 from bridge.detect.progress import (
     ProgressWatcher,
@@ -26,7 +25,8 @@ from bridge.detect.progress import (
 )
 from bridge.models import RecordState, event_id
 from bridge.service import Service
-from bridge.upstream.simulator import Simulator
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 from tests.integration.helpers import RecordingReceiver, settings_for
 
 ServerFactory = Callable[..., Any]

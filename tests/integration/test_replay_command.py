@@ -9,11 +9,11 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from bridge.cli import main
-from bridge.clock import FakeClock
 from bridge.config import load_settings
 from bridge.models import DeliveryState, iso_utc
 from bridge.service import Service
-from bridge.upstream.simulator import Simulator
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 from tests.integration.helpers import RecordingReceiver, ServerFactory, drive
 
 

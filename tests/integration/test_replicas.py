@@ -32,7 +32,7 @@ from aiohttp.test_utils import TestServer
 
 from bridge.clock import SystemClock
 from bridge.models import event_id
-from bridge.upstream.simulator import Simulator
+from bridge.sim.simulator import Simulator
 from tests.integration.helpers import ServerFactory, bridge_process, free_port
 from tests.pgdb import fresh_schema, require_pg
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bridge.models import event_id
-from bridge.upstream.simulator import Simulator
+from bridge.sim.simulator import Simulator
 from tests.integration.helpers import ServerFactory
 from tests.integration.test_replicas import (
     REPLICAS,

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bridge.clock import FakeClock
 from bridge.config import Settings
 from bridge.models import DeliveryState
 from bridge.retention import BATCH, DAY_S, Retention
 from bridge.service import Service
+from bridge.sim.clock import FakeClock
 from bridge.store.sqlite import SqliteStore
 from tests.integration.helpers import settings_for
 from tests.integration.test_store_retention import DONE, enqueue, ids, settle

@@ -15,9 +15,9 @@ from aiohttp.test_utils import TestServer
 from standardwebhooks.webhooks import Webhook
 
 from bridge.clock import SystemClock
-from bridge.demo import run_demo
 from bridge.models import event_id
-from bridge.upstream.simulator import Simulator
+from bridge.sim.demo import run_demo
+from bridge.sim.simulator import Simulator
 from tests.integration.helpers import RecordingReceiver, bridge_process
 
 ServerFactory = Callable[..., Any]

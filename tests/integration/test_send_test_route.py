@@ -14,9 +14,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from standardwebhooks.webhooks import Webhook
 
 from bridge.admin.app import create_app
-from bridge.clock import FakeClock
 from bridge.config import Settings
 from bridge.service import Service
+from bridge.sim.clock import FakeClock
 from tests.conftest import make_secret
 from tests.integration.helpers import RecordingReceiver, ServerFactory
 from tests.integration.leaks import SECRET_PARTS, GarbledReceiver, secret_url

@@ -14,11 +14,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.clock import FakeClock, SystemClock
+from bridge.clock import SystemClock
 from bridge.models import event_id
 from bridge.service import Service
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 from bridge.store.sqlite import SqliteStore
-from bridge.upstream.simulator import Simulator
 from tests.integration.helpers import ServerFactory, bridge_process, drive, settings_for
 
 TOKEN = "admin-token-4f9a1c"

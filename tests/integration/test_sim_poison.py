@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bridge.clock import FakeClock
-from bridge.upstream.simulator import Simulator
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 
 ServerFactory = Callable[..., Any]
 KEY = {"x-api-key": "k"}

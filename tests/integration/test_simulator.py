@@ -19,8 +19,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from bridge.clock import FakeClock
-from bridge.upstream.simulator import Simulator, serve
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator, serve
 
 KEY = {"x-api-key": "sim-key"}
 START = datetime(2026, 11, 23, 19, 0, 0, 123000, tzinfo=UTC)

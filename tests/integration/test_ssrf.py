@@ -11,10 +11,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from bridge.clock import FakeClock
 from bridge.models import DeliveryState
 from bridge.service import Service
-from bridge.upstream.simulator import Simulator
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 from tests.integration.helpers import RecordingReceiver, settings_for
 
 ServerFactory = Callable[..., Any]

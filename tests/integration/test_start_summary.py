@@ -8,8 +8,8 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from bridge import __version__
-from bridge.clock import FakeClock
 from bridge.service import Service
+from bridge.sim.clock import FakeClock
 from tests.integration.helpers import settings_for
 
 

@@ -12,12 +12,13 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 
 from bridge.admin.app import create_app
-from bridge.clock import FakeClock, SystemClock
+from bridge.clock import SystemClock
 from bridge.config import load_settings
 from bridge.service import Service
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 from bridge.store.base import SubscriberHealth
 from bridge.store.sqlite import SqliteStore
-from bridge.upstream.simulator import Simulator
 from tests.integration.helpers import (
     RecordingReceiver,
     ServerFactory,

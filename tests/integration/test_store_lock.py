@@ -21,9 +21,9 @@ from aiohttp.test_utils import TestServer
 from bridge.clock import SystemClock
 from bridge.errors import StoreError
 from bridge.models import Attempt, DeliveryState, Event, RecordState
+from bridge.sim.simulator import Simulator
 from bridge.store.base import BASELINE_MARK, AttemptOutcome, ScanCommit, SubscriberHealth
 from bridge.store.sqlite import SqliteStore, StoreLocked
-from bridge.upstream.simulator import Simulator
 from tests.integration.helpers import bridge_process
 
 ServerFactory = Callable[..., Any]

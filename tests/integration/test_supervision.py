@@ -10,12 +10,12 @@ from typing import Any
 
 from aiohttp.test_utils import TestServer
 
-from bridge.clock import FakeClock
 from bridge.models import RecordState
 from bridge.service import Service
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 from bridge.store.sqlite import SqliteStore
 from bridge.supervise import HEALTHY_AFTER_S
-from bridge.upstream.simulator import Simulator
 from tests.integration.helpers import RecordingReceiver, settings_for
 
 ServerFactory = Callable[..., Any]

@@ -10,10 +10,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from bridge.clock import FakeClock
 from bridge.config import Settings
 from bridge.service import Service
-from bridge.upstream.simulator import Simulator
+from bridge.sim.clock import FakeClock
+from bridge.sim.simulator import Simulator
 from tests.conftest import make_secret
 from tests.integration.helpers import RecordingReceiver, ServerFactory, one_attempt
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from bridge.clock import FakeClock
+from bridge.sim.clock import FakeClock
 from bridge.supervise import HEALTHY_AFTER_S, MAX_BACKOFF_S, Supervisor, backoff_s
 
 

@@ -24,7 +24,7 @@ from bridge.detect.poller import PollResult
 from bridge.logging import configure
 from bridge.models import COMPLETED, CREATED, FAILED_EVENT
 from bridge.service import Service
-from bridge.upstream.simulator import Simulator
+from bridge.sim.simulator import Simulator
 
 API_KEY = "demo-api-key"
 TIMEOUT_S = 60.0

@@ -21,8 +21,9 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from bridge.clock import Clock, SystemClock, sleep_or_event
-from bridge.upstream import sim_media, sim_poison
-from bridge.upstream.sim_media import NOT_FOUND, Handler, Job, UnknownRecord, control, get
+from bridge.sim import media as sim_media
+from bridge.sim import poison as sim_poison
+from bridge.sim.media import NOT_FOUND, Handler, Job, UnknownRecord, control, get
 
 IDLE_CLOSE_S = 15 * 60
 FAULT_KINDS = ("429", "500", "502", "latency", "malformed", "non_array", "drop")
