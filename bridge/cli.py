@@ -11,17 +11,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bridge import __version__, ops, preflight
+from bridge import __version__, preflight
 from bridge.config import Settings, load_settings, resolve_path
-from bridge.deliver.sendtest import send_test
 from bridge.deliver.verify import VerifyError, parse_header, verify
-from bridge.errors import BridgeError, ConfigError, RequestError
+from bridge.errors import BridgeError, ConfigError, NotFoundError, RequestError
 from bridge.logging import configure
-from bridge.models import Replayed
-from bridge.params import parse_limit, parse_state
+from bridge.ops import commands
+from bridge.params import parse_filter, parse_limit, parse_time
 from bridge.runtime import tune_gc
 from bridge.service import Service
-from bridge.store.factory import build_store
 
 EXIT_OK, EXIT_FATAL, EXIT_CONFIG = 0, 1, 2
 
@@ -70,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     dels = sub.add_parser("deliveries", help="recent deliveries with their last attempt")
     dels.add_argument("--state", help="pending, delivered, failed or orphaned")
     dels.add_argument("--subscriber", help="only this subscriber's")
+    dels.add_argument("--type", help="only deliveries of events of this type")
+    dels.add_argument("--record", help="only deliveries of events of this Munsit record")
+    dels.add_argument("--since", help="only deliveries queued at or after this ISO 8601 time")
+    dels.add_argument("--until", help="only deliveries queued before this ISO 8601 time")
     dels.add_argument("--limit", help="at most this many, newest first (default 100)")
     dels.add_argument("--json", action="store_true", help="what GET /api/deliveries answers")
     dels.add_argument("--config", help="TOML file (default: $BRIDGE_CONFIG or ./bridge.toml)")
@@ -106,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "deliveries":
             return _deliveries(args)
         if args.command == "secret":
-            print(ops.new_secret())
+            print(commands.new_secret())
             return EXIT_OK
         if args.command == "simulate":
             return _simulate(args.host, args.port, args.api_key, args.jobs)
@@ -161,21 +163,20 @@ def _say(line: str) -> None:
 
 
 def _status(config: str | None, *, as_json: bool) -> int:
-    report = asyncio.run(ops.status(_load(config)))
-    print(json.dumps(report, indent=2) if as_json else "\n".join(ops.status_text(report)))
+    report = asyncio.run(commands.status(_load(config)))
+    print(json.dumps(report, indent=2) if as_json else "\n".join(commands.status_text(report)))
     return EXIT_OK
 
 
 def _deliveries(args: argparse.Namespace) -> int:
     try:
-        state, limit = parse_state(args.state), parse_limit(args.limit)
+        where, limit = parse_filter(lambda key: getattr(args, key)), parse_limit(args.limit)
     except RequestError as exc:  # a bad parameter, like a bad key
         return _fail(exc, EXIT_CONFIG)
     settings = _load(args.config)
-    page = asyncio.run(
-        ops.deliveries(settings, state=state, subscriber=args.subscriber, limit=limit)
-    )
-    print(json.dumps(page, indent=2) if args.json else "\n".join(ops.deliveries_table(page)))
+    page = asyncio.run(commands.deliveries(settings, where=where, limit=limit))
+    table = commands.deliveries_table(page)
+    print(json.dumps(page, indent=2) if args.json else "\n".join(table))
     return EXIT_OK
 
 
@@ -207,50 +208,28 @@ def _verify(secret: str, body_file: str, header_lines: list[str], tolerance_s: f
 
 def _send_test(subscriber_id: str, config: str | None) -> int:
     settings = _load(config)
-    sub = next((s for s in settings.subscribers if s.id == subscriber_id), None)
-    if sub is None:
-        known = ", ".join(s.id for s in settings.subscribers) or "none"
-        print(f"munsit-bridge: no subscriber {subscriber_id!r} (known: {known})", file=sys.stderr)
-        return EXIT_CONFIG
-    attempt = asyncio.run(send_test(sub, settings.delivery))
-    code = attempt.status_code if attempt.status_code is not None else "no response"
-    print(f"{sub.id}: {code} in {attempt.latency_ms:.0f} ms")
-    if attempt.error:
-        print(f"error: {attempt.error}")
-    if attempt.response_excerpt:
-        print(f"response: {attempt.response_excerpt}")
-    ok = attempt.status_code is not None and 200 <= attempt.status_code < 300
-    return EXIT_OK if ok else EXIT_FATAL
+    try:
+        answer = asyncio.run(commands.send_test(settings, subscriber_id))
+    except NotFoundError as exc:
+        return _fail(exc, EXIT_CONFIG)
+    code = answer["status_code"] if answer["status_code"] is not None else "no response"
+    print(f"{subscriber_id}: {code} in {answer['latency_ms']:.0f} ms")
+    if answer["error"]:
+        print(f"error: {answer['error']}")
+    if answer["response_excerpt"]:
+        print(f"response: {answer['response_excerpt']}")
+    return EXIT_OK if answer["ok"] else EXIT_FATAL
 
 
 def _replay(config: str | None, since: str, subscriber: str | None, event_type: str | None) -> int:
     settings = _load(config)
     try:
-        result = asyncio.run(_replay_async(settings, since, subscriber, event_type))
+        result = asyncio.run(
+            commands.replay(
+                settings, since=parse_time(since), subscriber=subscriber, event_type=event_type
+            )
+        )
     except RequestError as exc:  # a bad parameter, like a bad key
         return _fail(exc, EXIT_CONFIG)
-    from bridge.replay import summary
-
-    print(summary(result, subscriber))
+    print(commands.replay_summary(result, subscriber))
     return EXIT_OK
-
-
-async def _replay_async(
-    settings: Settings, since: str, subscriber: str | None, event_type: str | None
-) -> Replayed:
-    from bridge.replay import parse_since, replay
-
-    when = parse_since(since)
-    store = build_store(settings)
-    await store.open()
-    try:
-        return await replay(
-            store,
-            settings.subscribers,
-            since=when,
-            subscriber=subscriber,
-            event_type=event_type,
-            now=time.time(),
-        )
-    finally:
-        await store.close()

@@ -106,3 +106,15 @@ def signing_secret(value: str, subscriber_id: object) -> str:
             "`munsit-bridge secret`"
         )
     return value
+
+
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def slug(value: str) -> str:
+    """An id people type and read: lower-case letters, digits, '-' or '_', at most 64."""
+    if not _SLUG.match(value):
+        raise ValueError(
+            f"must be a slug (lower-case letters, digits, '-' or '_', at most 64), got {value!r}"
+        )
+    return value

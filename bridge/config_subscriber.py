@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from bridge.config_checks import Section, http_url, signing_secret
+from bridge.config_checks import Section, http_url, signing_secret, slug
 from bridge.config_sources import take_secret
 from bridge.models import EVENT_TYPES
 
@@ -25,7 +25,6 @@ RESERVED_HEADERS = frozenset(
         "transfer-encoding",
     }
 )
-_SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 Format = Literal["standard", "zapier", "slack", "discord", "teams"]
@@ -73,12 +72,7 @@ class SubscriberConfig(Section):
     @field_validator("id")
     @classmethod
     def _id(cls, value: str) -> str:
-        if not _SLUG.match(value):
-            raise ValueError(
-                "must be a slug (lower-case letters, digits, '-' or '_', at most 64), "
-                f"got {value!r}"
-            )
-        return value
+        return slug(value)
 
     @field_validator("url")
     @classmethod

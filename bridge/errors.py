@@ -52,4 +52,24 @@ class UpstreamProtocolError(UpstreamError):
 
 class RequestError(BridgeError):
     """An operator's request (admin API or command) is invalid; the message says which
-    parameter and why."""
+    parameter and why. `status`: how the admin API and the dashboard answer it."""
+
+    status = 400
+
+
+class NotFoundError(RequestError):
+    """The request names something that does not exist (a delivery, a subscriber)."""
+
+    status = 404
+
+
+class ConflictError(RequestError):
+    """The request cannot be done in the state things are in (retrying a delivered one)."""
+
+    status = 409
+
+
+class GoneError(RequestError):
+    """The request names something retention already deleted (an old feed cursor)."""
+
+    status = 410

@@ -20,7 +20,10 @@ COMPLETED = "denoise.completed"
 FAILED_EVENT = "denoise.failed"
 PROGRESS = "denoise.progress"
 TEST = "bridge.test"
-EVENT_TYPES = (CREATED, COMPLETED, FAILED_EVENT, PROGRESS, TEST)
+SUBSCRIBER_DISABLED = "bridge.subscriber_disabled"  # the bridge disabled an endpoint
+DEAD_LETTERED = "bridge.delivery_dead_lettered"  # a delivery failed for good
+REPORTS = (SUBSCRIBER_DISABLED, DEAD_LETTERED)  # the bridge's reports on itself
+EVENT_TYPES = (CREATED, COMPLETED, FAILED_EVENT, PROGRESS, TEST, *REPORTS)
 TERMINAL_EVENT = {SUCCESS: COMPLETED, FAILED: FAILED_EVENT}
 
 
@@ -204,3 +207,28 @@ class Replayed:
     deliveries: int
     unmatched: int = 0
     already_pending: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFilter:
+    """Which deliveries an operator means: every field left None matches all. `since` and
+    `until` bound when the delivery was queued (unix seconds, `until` excluded)."""
+
+    state: DeliveryState | None = None
+    subscriber: str | None = None
+    event_type: str | None = None
+    record_id: str | None = None  # exact
+    since: float | None = None
+    until: float | None = None
+
+
+ALL_DELIVERIES = DeliveryFilter()
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """An event the bridge stores about itself (a `bridge.*` report), with the subscribers
+    it goes to; written in the same transaction as the change it reports."""
+
+    event: Event
+    targets: tuple[str, ...]

@@ -20,11 +20,11 @@ from bridge.config import Settings, SubscriberConfig
 from bridge.deliver.guard import forbidden_reason
 from bridge.deliver.routing import wants
 from bridge.deliver.sendtest import send_test
-from bridge.models import COMPLETED, CREATED, FAILED_EVENT, PROGRESS
+from bridge.models import COMPLETED, CREATED, FAILED_EVENT, PROGRESS, REPORTS
 from bridge.store.look import look, store_line
 
 RESOLVE_TIMEOUT_S = 3.0
-EMITTED = (CREATED, COMPLETED, FAILED_EVENT, PROGRESS)  # what polling produces (not bridge.test)
+EMITTED = (CREATED, COMPLETED, FAILED_EVENT, PROGRESS, *REPORTS)  # not bridge.test
 NO_SUBSCRIBERS = "warning: no subscribers: events are recorded but sent nowhere"
 Emit = Callable[[str], None]
 

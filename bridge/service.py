@@ -7,12 +7,14 @@ import contextlib
 import random
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import web
 
 from bridge import __version__
+from bridge.admin.app import create_app
 from bridge.clock import Clock, SystemClock, sleep_or_event
 from bridge.config import Settings
 from bridge.deliver.dispatcher import Dispatcher, Sent
@@ -23,7 +25,9 @@ from bridge.errors import BridgeError, StoreError
 from bridge.feedwait import FeedSignal
 from bridge.leader import Leadership
 from bridge.metrics import Metrics
-from bridge.models import PROGRESS, DeliveryState
+from bridge.models import PROGRESS, DeliveryState, Report
+from bridge.ops.core import Operations
+from bridge.ready import readyz
 from bridge.redact import describe
 from bridge.retention import Retention
 from bridge.store.base import LeaderState, LeaderStore, Store
@@ -70,6 +74,7 @@ class Service:
             self.store if isinstance(self.store, LeaderStore) and self.store.shared else None
         )
         self.leadership: Leadership | None = None
+        self._exit = contextlib.AsyncExitStack()
 
     @property
     def role(self) -> str:
@@ -79,77 +84,80 @@ class Service:
         return "leader" if self.leadership is not None and self.leadership.is_leader else "follower"
 
     async def __aenter__(self) -> Service:
-        await self.store.open()
-        try:
+        async with contextlib.AsyncExitStack() as stack:  # a failed start closes what opened
+            await self.store.open()
+            stack.push_async_callback(self.store.close)
             await self._reconcile()
-        except BaseException:
-            await self.store.close()
-            raise
-        up = self.settings.upstream
-        upstream_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8))
-        stream_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=up.max_progress_streams)
-        )
-        delivery = self.settings.delivery
-        delivery_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=delivery.max_in_flight,
-                socket_factory=None
-                if delivery.allow_private_destinations
-                else guarded_socket_factory(),
+            up = self.settings.upstream
+            upstream_session = await stack.enter_async_context(
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8))
             )
-        )
-        self._sessions = [upstream_session, stream_session, delivery_session]
-        self.client = MunsitClient(
-            upstream_session,
-            base_url=up.base_url,
-            api_key=up.api_key,
-            timeout_s=up.request_timeout_s,
-            sleep=self.clock.sleep,
-            now=self.clock.now,
-            rand=self._rand,
-            stream_session=stream_session,
-            on_response=lambda code: self.metrics.upstream_requests.labels(code).inc(),
-            max_response_bytes=up.max_response_bytes,
-            on_quarantine=lambda count: self.metrics.records_quarantined.inc(count),
-        )
-        self.dispatcher = Dispatcher(
-            self.store,
-            delivery_session,
-            subscribers=self.settings.subscribers,
-            config=self.settings.delivery,
-            clock=self.clock,
-            rand=self._rand,
-            on_sent=self._sent,
-            shared=self.store.shared,
-        )
-        self.poller = Poller(
-            self.client,
-            self.store,
-            upstream=up,
-            subscribers=self.settings.subscribers,
-            clock=self.clock,
-            rand=self._rand,
-            on_poll=self._polled,
-            on_failure=lambda result: self.metrics.polls.labels(result).inc(),
-        )
-        try:
-            await self.dispatcher.load_health()
-        except BaseException:  # what was opened so far is closed, nothing leaks
-            await self._close()
-            raise
-        if up.progress_stream:
-            self.watcher = ProgressWatcher(
+            stream_session = await stack.enter_async_context(
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=up.max_progress_streams))
+            )
+            delivery = self.settings.delivery
+            delivery_session = await stack.enter_async_context(
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(
+                        limit=delivery.max_in_flight,
+                        socket_factory=None
+                        if delivery.allow_private_destinations
+                        else guarded_socket_factory(),
+                    )
+                )
+            )
+            self.client = MunsitClient(
+                upstream_session,
+                base_url=up.base_url,
+                api_key=up.api_key,
+                timeout_s=up.request_timeout_s,
+                sleep=self.clock.sleep,
+                now=self.clock.now,
+                rand=self._rand,
+                stream_session=stream_session,
+                on_response=lambda code: self.metrics.upstream_requests.labels(code).inc(),
+                max_response_bytes=up.max_response_bytes,
+                on_quarantine=lambda count: self.metrics.records_quarantined.inc(count),
+            )
+            self.dispatcher = Dispatcher(
+                self.store,
+                delivery_session,
+                subscribers=self.settings.subscribers,
+                config=self.settings.delivery,
+                clock=self.clock,
+                rand=self._rand,
+                on_sent=self._sent,
+                shared=self.store.shared,
+                on_report=self._reported,
+            )
+            stack.push_async_callback(self.dispatcher.stop_health_retries)
+            self.ops = Operations(self.settings, self.store, clock=self.clock, live=self.dispatcher)
+            self.poller = Poller(
                 self.client,
                 self.store,
+                upstream=up,
                 subscribers=self.settings.subscribers,
-                max_streams=up.max_progress_streams,
                 clock=self.clock,
-                on_finished=lambda _: self.poller.request_scan(),
-                on_event=self._progress_event,
                 rand=self._rand,
-                on_crash=lambda _: self.metrics.component_restarts.labels("progress").inc(),
+                on_poll=self._polled,
+                on_failure=lambda result: self.metrics.polls.labels(result).inc(),
             )
+            await self.dispatcher.load_health()
+            if up.progress_stream:
+                self.watcher = ProgressWatcher(
+                    self.client,
+                    self.store,
+                    subscribers=self.settings.subscribers,
+                    max_streams=up.max_progress_streams,
+                    clock=self.clock,
+                    on_finished=lambda _: self.poller.request_scan(),
+                    on_event=self._progress_event,
+                    rand=self._rand,
+                    on_crash=lambda _: self.metrics.component_restarts.labels("progress").inc(),
+                )
+                stack.push_async_callback(self.watcher.close)
+            stack.push_async_callback(self._cancel_background)
+            self._exit = stack.pop_all()  # started: `__aexit__` closes it all, in reverse
         return self
 
     async def _reconcile(self) -> None:
@@ -174,6 +182,11 @@ class Service:
                 "orphaned deliveries of configured subscribers queued again", deliveries=restored
             )
 
+    def _reported(self, report: Report) -> None:
+        """A report on the bridge was stored: an event like any other."""
+        self.metrics.events.labels(report.event.type).inc()
+        self.feed.stored()
+
     def _progress_event(self) -> None:
         self.metrics.events.labels(PROGRESS).inc()
         self.dispatcher.wake()
@@ -184,6 +197,22 @@ class Service:
         self.metrics.delivery_seconds.observe(sent.attempt.latency_ms / 1000)
         if self._on_sent is not None:
             self._on_sent(sent)
+
+    async def readiness(self) -> dict[str, Any]:
+        """The `/readyz` body (see `bridge.ready`)."""
+        return await readyz(
+            settings=self.settings,
+            store=self.store,
+            clock=self.clock,
+            role=self.role,
+            poller=self.poller,
+            leader_state=self.leader_state,
+            failing=self.failing,
+        )
+
+    async def metrics_text(self) -> bytes:
+        await self.refresh_gauges()
+        return self.metrics.render()
 
     async def refresh_gauges(self) -> None:
         """Set the gauges read at scrape time (outbox, pending records, subscribers)."""
@@ -343,8 +372,6 @@ class Service:
         )
 
     async def _start_admin(self) -> web.AppRunner:
-        from bridge.admin.app import create_app
-
         cfg = self.settings.admin
         runner = web.AppRunner(create_app(self), access_log=None, handle_signals=False)
         await runner.setup()
@@ -365,14 +392,9 @@ class Service:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._close()
+        await self._exit.aclose()
 
-    async def _close(self) -> None:
+    async def _cancel_background(self) -> None:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        if self.watcher is not None:
-            await self.watcher.close()
-        for session in self._sessions:
-            await session.close()
-        await self.store.close()

@@ -162,6 +162,30 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
+_RECORD = {
+    "name": "record",
+    "in": "query",
+    "description": "a Munsit record id: only its events",
+    "schema": {"type": "string", "maxLength": 256},
+}
+_FILTERS = [
+    {"name": "type", "in": "query", "schema": {"enum": list(EVENT_TYPES)}},
+    {**_RECORD, "description": "a Munsit record id: only deliveries of its events"},
+    {
+        "name": "since",
+        "in": "query",
+        "description": "only deliveries queued at or after this time",
+        "schema": {"type": "string", "format": "date-time"},
+    },
+    {
+        "name": "until",
+        "in": "query",
+        "description": "only deliveries queued before this time",
+        "schema": {"type": "string", "format": "date-time"},
+    },
+]
+
+
 def _subscriber_action(summary: str) -> dict[str, Any]:
     return {
         "post": {
@@ -248,6 +272,7 @@ def document() -> dict[str, Any]:
                             " recorded before it",
                             "schema": {"type": "string"},
                         },
+                        _RECORD,
                     ],
                     "responses": {
                         "200": _json(
@@ -278,6 +303,7 @@ def document() -> dict[str, Any]:
                             "schema": {"enum": [s.value for s in DeliveryState]},
                         },
                         {"name": "subscriber", "in": "query", "schema": {"type": "string"}},
+                        *_FILTERS,
                         _LIMIT,
                         {
                             "name": "before",
@@ -302,6 +328,47 @@ def document() -> dict[str, Any]:
                             "a page of deliveries",
                         ),
                         **_errors(400),
+                    },
+                }
+            },
+            "/api/retry": {
+                "post": {
+                    "summary": "Send every dead letter (failed delivery) the filter matches again",
+                    "requestBody": {
+                        "required": False,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "state": {"enum": ["failed", None]},
+                                        "subscriber": {"type": ["string", "null"]},
+                                        "type": {"enum": [*EVENT_TYPES, None]},
+                                        "record": {"type": ["string", "null"]},
+                                        "since": {
+                                            "type": ["string", "null"],
+                                            "format": "date-time",
+                                        },
+                                        "until": {
+                                            "type": ["string", "null"],
+                                            "format": "date-time",
+                                        },
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["retried"],
+                                "properties": {"retried": {"type": "integer"}},
+                            },
+                            "how many dead letters are due again",
+                        ),
+                        **_post_errors(400, 404),
                     },
                 }
             },

@@ -12,7 +12,7 @@ import structlog
 
 from bridge.deliver.lanes import Lane
 from bridge.errors import StoreError
-from bridge.models import Delivery
+from bridge.models import Attempt, Delivery, Report
 from bridge.redact import describe
 from bridge.store.base import OutboxStore
 
@@ -49,8 +49,14 @@ class Ahead:
         on_ready: Callable[[], None],
         now: Callable[[], float],
         shared: bool = False,
+        on_dead: Callable[[Delivery, Attempt], Report | None] | None = None,
+        on_reports: Callable[[Sequence[Report]], None] | None = None,
     ) -> None:
         self._store = store
+        # a claim that dead-letters a delivery (its lease ran out with no outcome, its last
+        # attempt) stores `on_dead`'s report of it; `on_reports` hears of those a claim stored
+        self._on_dead = on_dead
+        self._on_reports = on_reports
         # other processes claim from the same store: each lane's max_concurrency is a cap
         # on its leases across all of them, and a short lane looks again soon
         self._shared = shared
@@ -143,9 +149,25 @@ class Ahead:
                 if self._shared
                 else None
             )
+            made: dict[str, Report] = {}  # by event id: a claim run again asks again
+            on_dead = self._on_dead
+
+            def reporting(delivery: Delivery, attempt: Attempt) -> Report | None:
+                assert on_dead is not None
+                report = on_dead(delivery, attempt)
+                if report is not None:
+                    made[report.event.id] = report
+                return report
+
             claimed = await self._store.claim_lanes(
-                now=now, lease_s=self._lease_s, rooms=rooms, caps=caps
+                now=now,
+                lease_s=self._lease_s,
+                rooms=rooms,
+                caps=caps,
+                on_dead=None if on_dead is None else reporting,
             )
+            if made and self._on_reports is not None:  # stored with the claim
+                self._on_reports(list(made.values()))
             got = dict.fromkeys((sid for sid, _ in rooms), 0)
             for delivery in claimed:
                 queue = self._queues[delivery.subscriber_id]

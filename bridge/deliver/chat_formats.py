@@ -5,7 +5,19 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from bridge.models import COMPLETED, CREATED, FAILED_EVENT, PROGRESS, TEST, Event, iso_utc
+from bridge.deliver import reports
+from bridge.models import (
+    COMPLETED,
+    CREATED,
+    DEAD_LETTERED,
+    FAILED_EVENT,
+    PROGRESS,
+    REPORTS,
+    SUBSCRIBER_DISABLED,
+    TEST,
+    Event,
+    iso_utc,
+)
 
 SLACK_TEXT_MAX = 3000  # section text
 SLACK_FIELD_MAX = 2000
@@ -15,7 +27,14 @@ DISCORD_CONTENT_MAX = 2000
 DISCORD_TITLE_MAX = 256
 DISCORD_DESCRIPTION_MAX = 4096
 DISCORD_FIELD_MAX = 1024
-COLOURS = {COMPLETED: 0x2EB67D, FAILED_EVENT: 0xE01E5A, CREATED: 0x36C5F0, PROGRESS: 0xECB22E}
+COLOURS = {
+    COMPLETED: 0x2EB67D,
+    FAILED_EVENT: 0xE01E5A,
+    CREATED: 0x36C5F0,
+    PROGRESS: 0xECB22E,
+    SUBSCRIBER_DISABLED: 0xE67E22,
+    DEAD_LETTERED: 0xE01E5A,
+}
 
 _TITLES = {
     COMPLETED: "✅ Denoise completed",
@@ -23,6 +42,7 @@ _TITLES = {
     CREATED: "🆕 Denoise job created",
     PROGRESS: "⏳ Denoising",
     TEST: "🧪 Test event from munsit-bridge",
+    **reports.TITLES,
 }
 
 
@@ -94,6 +114,8 @@ def slack_escape(text: str) -> str:
 
 def slack_body(event: Event) -> dict[str, Any]:
     """`text` fallback plus Block Kit `blocks`: header, facts, error or link, times."""
+    if event.type in REPORTS:
+        return slack_report(event)
     head = title(event)
     name = facts(event)[0][1]
     blocks: list[dict[str, Any]] = [
@@ -139,6 +161,8 @@ def slack_body(event: Event) -> dict[str, Any]:
 
 def discord_body(event: Event) -> dict[str, Any]:
     """`content` plus one embed, coloured by outcome; mentions never ping anyone."""
+    if event.type in REPORTS:
+        return discord_report(event)
     head = title(event)
     name = facts(event)[0][1]
     embed: dict[str, Any] = {
@@ -166,6 +190,8 @@ def discord_body(event: Event) -> dict[str, Any]:
 
 def teams_body(event: Event) -> dict[str, Any]:
     """A Workflows-compatible message with one Adaptive Card 1.4."""
+    if event.type in REPORTS:
+        return teams_report(event)
     body: list[dict[str, Any]] = [
         {
             "type": "TextBlock",
@@ -182,20 +208,116 @@ def teams_body(event: Event) -> dict[str, Any]:
     body.append(
         {"type": "TextBlock", "text": times(event), "isSubtle": True, "size": "Small", "wrap": True}
     )
-    card: dict[str, Any] = {
-        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
-        "type": "AdaptiveCard",
-        "version": "1.4",
-        "body": body,
-    }
+    card = _card(body)
     url = event.data.get("audio_url")
     if event.type == COMPLETED and isinstance(url, str):
         card["actions"] = [
             {"type": "Action.OpenUrl", "title": "Download denoised audio", "url": url}
         ]
+    return _message(card)
+
+
+def _card(body: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "type": "AdaptiveCard",
+        "version": "1.4",
+        "body": body,
+    }
+
+
+def _message(card: dict[str, Any]) -> dict[str, Any]:
     return {
         "type": "message",
         "attachments": [
             {"contentType": "application/vnd.microsoft.card.adaptive", "content": card}
         ],
     }
+
+
+# The bridge's reports on itself: the headline, then the facts; no links (the endpoint is
+# shown as scheme, host and port only, never as something to click with its path).
+
+
+def slack_report(event: Event) -> dict[str, Any]:
+    line = reports.headline(event)
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": cut(title(event), SLACK_HEADER_MAX)},
+        },
+        {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": cut(slack_escape(line), SLACK_TEXT_MAX)},
+        },
+        {
+            "type": "section",
+            "fields": [
+                {
+                    "type": "mrkdwn",
+                    "text": cut(f"*{label}*\n{slack_escape(value)}", SLACK_FIELD_MAX),
+                }
+                for label, value in reports.facts(event)
+            ],
+        },
+        {
+            "type": "context",
+            "elements": [
+                {
+                    "type": "mrkdwn",
+                    "text": cut(slack_escape(f"{iso_utc(event.occurred_at)} · {event.id}"), 2000),
+                }
+            ],
+        },
+    ]
+    return {"text": cut(slack_escape(line), SLACK_TEXT_MAX), "blocks": blocks}
+
+
+def discord_report(event: Event) -> dict[str, Any]:
+    line = reports.headline(event)
+    embed: dict[str, Any] = {
+        "title": cut(title(event), DISCORD_TITLE_MAX),
+        "description": cut(line, DISCORD_DESCRIPTION_MAX),
+        "color": COLOURS.get(event.type, 0x95A5A6),
+        "fields": [
+            {"name": label, "value": cut(value, DISCORD_FIELD_MAX), "inline": True}
+            for label, value in reports.facts(event)
+        ],
+        "timestamp": iso_utc(event.occurred_at),
+        "footer": {"text": cut(event.id, 2048)},
+    }
+    return {
+        "content": cut(line, DISCORD_CONTENT_MAX),
+        "embeds": [embed],
+        "allowed_mentions": {"parse": []},
+    }
+
+
+def teams_report(event: Event) -> dict[str, Any]:
+    body: list[dict[str, Any]] = [
+        {
+            "type": "TextBlock",
+            "text": title(event),
+            "weight": "Bolder",
+            "size": "Medium",
+            "wrap": True,
+        },
+        {
+            "type": "TextBlock",
+            "text": reports.headline(event),
+            "color": "Attention",
+            "wrap": True,
+        },
+        {
+            "type": "FactSet",
+            "facts": [{"title": k, "value": v} for k, v in reports.facts(event)],
+        },
+        {
+            "type": "TextBlock",
+            "text": f"{iso_utc(event.occurred_at)} · {event.id}",
+            "isSubtle": True,
+            "size": "Small",
+            "wrap": True,
+        },
+    ]
+    return _message(_card(body))

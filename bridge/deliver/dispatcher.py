@@ -13,14 +13,14 @@ import structlog
 
 from bridge.clock import Clock, sleep_or_event
 from bridge.config import DeliveryConfig, SubscriberConfig
-from bridge.deliver import policy
+from bridge.deliver import policy, reports
 from bridge.deliver.ahead import Ahead
 from bridge.deliver.formats import render
 from bridge.deliver.lanes import Lane, TokenBucket
 from bridge.deliver.persist import retried
 from bridge.deliver.sender import post
 from bridge.deliver.signing import Signer
-from bridge.models import Attempt, Delivery, DeliveryState
+from bridge.models import Attempt, Delivery, DeliveryState, Report
 from bridge.redact import describe
 from bridge.store.base import OutboxStore, SubscriberHealth
 
@@ -29,6 +29,7 @@ log = structlog.get_logger("bridge.deliver")
 QUEUED_S = 10.0  # of a lease, for waiting in the queue ahead of the requests in flight
 RECORDING_FACTOR = 2  # answered attempts waiting to be recorded, at most this x max_in_flight
 SHUTDOWN_SLACK_S = 2.0  # after `timeout_s`, to record the outcome of the last requests
+HEALTH_RETRY_S = 30.0  # between the tries of a health write (with a report) that failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ class Dispatcher:
         rand: Callable[[], float] = random.random,
         on_sent: Callable[[Sent], None] | None = None,
         shared: bool = False,
+        on_report: Callable[[Report], None] | None = None,
     ) -> None:
         self._store = store
         self._session = session
@@ -69,6 +71,12 @@ class Dispatcher:
         self._clock = clock
         self._rand = rand
         self._on_sent = on_sent
+        # after a report on the bridge itself was handed to the store (the pull feed may
+        # have a new event); the dispatcher wakes itself for the report's deliveries
+        self._on_report = on_report
+        # subscribers this dispatcher disabled by itself, with the health it gave them: a
+        # write of that health carries the report (whichever write lands first stores it)
+        self._disabled_here: dict[str, SubscriberHealth] = {}
         # longer than a wait in the queue ahead, a whole attempt and its recording, so no two
         # workers ever send the same delivery at once
         self.lease_s = config.timeout_s + max(5.0, config.timeout_s) + QUEUED_S
@@ -88,7 +96,12 @@ class Dispatcher:
             on_ready=self._wake.set,
             now=clock.now,
             shared=shared,
+            on_dead=self._dead_report,
+            on_reports=self._claim_reported,
         )
+        # health writes carrying a disable's report that failed for good: tried again (one
+        # per subscriber) until the report lands or the dispatcher stops
+        self._health_retries: dict[str, asyncio.Task[None]] = {}
 
     async def load_health(self) -> None:
         """Read which endpoints the bridge disabled. A subscriber set to `enabled = false`
@@ -136,6 +149,7 @@ class Dispatcher:
         """An operator's enable (clears the failure record, resumes sending) or disable
         (kept across restarts, deliveries stay queued)."""
         health = self.health(subscriber_id)
+        self._disabled_here.pop(subscriber_id, None)  # an operator's change is not reported
         if enabled:
             updated = SubscriberHealth()
         else:
@@ -186,6 +200,7 @@ class Dispatcher:
             await self._ahead.settle()
             await self._ahead.release(self._clock.now())
             await self._finish_inflight()
+            await self.stop_health_retries()
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -328,6 +343,11 @@ class Dispatcher:
             rand=self._rand,
             retry_after_s=retry_after_s,
         )
+        if outcome.state is DeliveryState.FAILED:  # dead-lettered: reported (not a report's)
+            dead = reports.dead_lettered(
+                delivery, attempt, url=sub.url, subscribers=list(self._subs.values())
+            )
+            outcome = replace(outcome, report=dead)
         fields |= {"status_code": attempt.status_code, "latency_ms": round(attempt.latency_ms, 1)}
         kept = await retried(
             self._clock,
@@ -335,16 +355,10 @@ class Dispatcher:
             what="record an attempt (its lease running out gives the delivery out again)",
             **fields,
         )
+        if kept and outcome.report is not None:
+            self._reported(outcome.report)
         if health_changed:  # the latest state in memory, whichever answer changed it
-            await retried(
-                self._clock,
-                # an operator's disable stored meanwhile (through another replica) is kept
-                lambda: self._store.set_subscriber_health(
-                    sub.id, self.health(sub.id), keep_disabled=True
-                ),
-                what="store a subscriber's health",
-                subscriber=sub.id,
-            )
+            await self._store_health(sub)
         if kept is None:
             return
         if not kept:
@@ -370,6 +384,122 @@ class Dispatcher:
         if self._on_sent is not None and kept:
             self._on_sent(Sent(delivery, attempt, outcome.state))
 
+    async def _store_health(self, sub: SubscriberConfig) -> bool:
+        """Store the subscriber's latest health in memory; while it is the disable this
+        dispatcher made, with its report (the store keeps the report only when the write
+        disables a subscriber it had enabled: once, whichever answer's write lands first).
+        A write carrying the report that fails for good is tried again in the background
+        until it lands (or the dispatcher stops): the report is not lost. Whether the write
+        landed."""
+        health = self.health(sub.id)
+        report: Report | None = None
+        if health.disabled_at is not None and self._disabled_here.get(sub.id) is not None:
+            made = self._disabled_here[sub.id]
+            if (made.disabled_at, made.reason) == (health.disabled_at, health.reason):
+                report = reports.subscriber_disabled(sub, made, list(self._subs.values()))
+
+        async def write() -> bool:
+            # an operator's disable stored meanwhile (through another replica) is kept
+            return bool(
+                await self._store.set_subscriber_health(
+                    sub.id, health, keep_disabled=True, report=report
+                )
+            )
+
+        stored = await retried(
+            self._clock, write, what="store a subscriber's health", subscriber=sub.id
+        )
+        if stored is None:
+            if report is not None:
+                self._retry_health(sub)
+            return False
+        if report is not None:
+            self._disabled_here.pop(sub.id, None)
+            if stored:  # the store kept it (not already there from another write)
+                self._reported(report)
+        return True
+
+    def _retry_health(self, sub: SubscriberConfig) -> None:
+        """Try the subscriber's health write (with its disable's report) again in the
+        background, `HEALTH_RETRY_S` apart, until it lands or the dispatcher stops."""
+        running = self._health_retries.get(sub.id)
+        if running is not None and not running.done():
+            return
+        self._health_retries[sub.id] = asyncio.create_task(self._keep_storing_health(sub))
+
+    async def _keep_storing_health(self, sub: SubscriberConfig) -> None:
+        while sub.id in self._disabled_here:  # an operator's change, or a write, ends it
+            await self._clock.sleep(HEALTH_RETRY_S)
+            if sub.id not in self._disabled_here:
+                return
+            stored = await retried(
+                self._clock,
+                partial(self._write_disabled, sub),
+                what="store a subscriber's health",
+                subscriber=sub.id,
+            )
+            if stored is not None:
+                return
+
+    async def _write_disabled(self, sub: SubscriberConfig) -> bool:
+        """One more try of the write `_store_health` gave up on; raises `StoreError` while
+        the store refuses it."""
+        health = self.health(sub.id)
+        made = self._disabled_here.get(sub.id)
+        report = None
+        if made is not None and (made.disabled_at, made.reason) == (
+            health.disabled_at,
+            health.reason,
+        ):
+            report = reports.subscriber_disabled(sub, made, list(self._subs.values()))
+        stored = bool(
+            await self._store.set_subscriber_health(
+                sub.id, health, keep_disabled=True, report=report
+            )
+        )
+        if report is not None:
+            self._disabled_here.pop(sub.id, None)
+            if stored:
+                self._reported(report)
+        else:
+            self._disabled_here.pop(sub.id, None)  # no longer the disable it made
+        return stored
+
+    async def stop_health_retries(self) -> None:
+        """Stop the health writes still being tried again (the service is stopping)."""
+        tasks = [task for task in self._health_retries.values() if not task.done()]
+        self._health_retries.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _dead_report(self, delivery: Delivery, attempt: Attempt) -> Report | None:
+        """The report of `delivery` dead-lettered by a claim (its lease ran out with no
+        outcome at its last attempt), as `reports.dead_lettered` makes it; pure (the store
+        calls it in the claim's transaction). None for a `bridge.*` event's: no loops."""
+        sub = self._subs.get(delivery.subscriber_id)
+        if sub is None:
+            return None
+        return reports.dead_lettered(
+            delivery, attempt, url=sub.url, subscribers=list(self._subs.values())
+        )
+
+    def _claim_reported(self, made: Sequence[Report]) -> None:
+        for report in made:
+            self._reported(report)
+
+    def _reported(self, report: Report) -> None:
+        """A report went to the store: its deliveries may be due now, the feed has news."""
+        log.info(
+            "report on the bridge queued",
+            event_id=report.event.id,
+            event_type=report.event.type,
+            targets=list(report.targets),
+        )
+        self.wake()
+        if self._on_report is not None:
+            self._on_report(report)
+
     def _note_answer(self, subscriber_id: str, attempt: Attempt) -> bool:
         """What an answer says of the endpoint, applied in memory at once, so a 410 disables
         it before its lane starts another request. True when there is a change to store."""
@@ -384,6 +514,7 @@ class Dispatcher:
             return False  # the usual case: a success of a healthy endpoint
         self._health[subscriber_id] = updated
         if updated.disabled_at is not None and health.disabled_at is None:
+            self._disabled_here[subscriber_id] = updated  # reported when it is stored
             self._refresh_active()
             log.error("subscriber disabled", subscriber=subscriber_id, reason=updated.reason)
         return True

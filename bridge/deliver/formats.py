@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from bridge import jsontext
+from bridge.deliver import reports
 from bridge.deliver.chat_formats import discord_body, slack_body, teams_body
-from bridge.models import Event, iso_utc
+from bridge.models import REPORTS, Event, iso_utc
 
 ZAPIER_FIELDS = (
     "file_name",
@@ -34,7 +35,10 @@ def standard_body(event: Event) -> dict[str, Any]:
 
 
 def zapier_body(event: Event) -> dict[str, Any]:
-    """Flat scalar keys only: Zapier turns nesting and arrays into awkward line items."""
+    """Flat scalar keys only: Zapier turns nesting and arrays into awkward line items. The
+    bridge's reports on itself carry their own keys (`reports.zapier_fields`)."""
+    if event.type in REPORTS:
+        return reports.zapier_fields(event)
     data = event.data
     body: dict[str, Any] = {
         "event_id": event.id,

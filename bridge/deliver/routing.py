@@ -6,12 +6,17 @@ import fnmatch
 from collections.abc import Sequence
 
 from bridge.config import SubscriberConfig
-from bridge.models import PROGRESS, TEST
+from bridge.models import PROGRESS, REPORTS, TEST
+
+# sent only to subscribers that name them exactly: no glob (`denoise.*`, `bridge.*`, `*`)
+EXPLICIT_ONLY = frozenset({PROGRESS, TEST, *REPORTS})
 
 
 def wants(patterns: Sequence[str], event_type: str) -> bool:
-    """Exact or glob match; `denoise.progress` and `bridge.test` only when listed exactly."""
-    if event_type in (PROGRESS, TEST):
+    """Exact or glob match; `denoise.progress`, `bridge.test` and the bridge's reports on
+    itself (`bridge.subscriber_disabled`, `bridge.delivery_dead_lettered`) only when listed
+    exactly."""
+    if event_type in EXPLICIT_ONLY:
         return event_type in patterns
     return any(fnmatch.fnmatchcase(event_type, p) for p in patterns)
 

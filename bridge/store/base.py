@@ -15,13 +15,16 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from bridge.models import (
+    ALL_DELIVERIES,
     Attempt,
     Delivery,
+    DeliveryFilter,
     DeliveryState,
     DeliveryView,
     Event,
     RecordState,
     Replayed,
+    Report,
 )
 
 # meta keys
@@ -79,6 +82,7 @@ class AttemptOutcome:
 
     state: DeliveryState
     next_attempt_at: float | None = None
+    report: Report | None = None  # stored with the attempt when its lease still holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +128,21 @@ class OutboxStore(Protocol):
     """What the dispatcher uses: claims (leases), attempts, release, due times, health."""
 
     async def claim_due(
-        self, *, now: float, limit: int, lease_s: float, subscribers: Sequence[str]
+        self,
+        *,
+        now: float,
+        limit: int,
+        lease_s: float,
+        subscribers: Sequence[str],
+        on_dead: Callable[[Delivery, Attempt], Report | None] | None = None,
     ) -> list[Delivery]:
-        """Lease up to `limit` due pending deliveries of `subscribers` until `now + lease_s`."""
+        """Lease up to `limit` due pending deliveries of `subscribers` until `now + lease_s`.
+
+        A due delivery whose earlier lease ran out with no outcome counts a lost attempt
+        (status None, error `LOST_ATTEMPT`, dated when its lease ran out); one that has
+        had its last attempt so is dead-lettered, and `on_dead(delivery, attempt)` (pure:
+        the delivery as claimed before, its event included, and that attempt) gives the
+        report stored with it in the claim's transaction (None: nothing to report)."""
         ...
 
     async def claim_lanes(
@@ -136,6 +152,7 @@ class OutboxStore(Protocol):
         lease_s: float,
         rooms: Sequence[tuple[str, int]],
         caps: Mapping[str, int] | None = None,
+        on_dead: Callable[[Delivery, Attempt], Report | None] | None = None,
     ) -> list[Delivery]:
         """`claim_due` for several subscribers at once, each up to its own room, in one
         round trip. `caps`: at most this many deliveries of a subscriber leased at once,
@@ -161,11 +178,18 @@ class OutboxStore(Protocol):
         ...
 
     async def set_subscriber_health(
-        self, subscriber_id: str, health: SubscriberHealth, *, keep_disabled: bool = False
-    ) -> None:
+        self,
+        subscriber_id: str,
+        health: SubscriberHealth,
+        *,
+        keep_disabled: bool = False,
+        report: Report | None = None,
+    ) -> bool:
         """Record `health` (the whole record, in one statement). `keep_disabled`: when the
         stored record is disabled, its `disabled_at` and `reason` stay (a writer whose view
-        predates an operator's disable cannot enable it again)."""
+        predates an operator's disable cannot enable it again). `report` is stored in the
+        same transaction only when this write disables a subscriber the store had enabled
+        (and its event id is not recorded yet). Returns whether `report` was stored."""
         ...
 
 
@@ -179,12 +203,12 @@ class OperationsStore(Protocol):
     async def list_deliveries(
         self,
         *,
-        state: DeliveryState | None = None,
-        subscriber: str | None = None,
+        where: DeliveryFilter = ALL_DELIVERIES,
         limit: int = 100,
         before: int | None = None,
     ) -> list[DeliveryView]:
-        """Newest first (ids below `before` when given), with their attempt history."""
+        """Newest first (ids below `before` when given) of those `where` matches, with their
+        attempt history."""
         ...
 
     async def get_delivery(self, delivery_id: int) -> DeliveryView | None: ...
@@ -197,16 +221,31 @@ class OperationsStore(Protocol):
         ...
 
     async def list_events(
-        self, *, event_type: str | None = None, limit: int = 100, before: str | None = None
+        self,
+        *,
+        event_type: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+        record_id: str | None = None,
     ) -> list[Event] | None:
-        """Stored events newest first; with `before` (an event id) the ones recorded before
-        it. None when `before` names no stored event."""
+        """Stored events newest first (of one record's when `record_id` is given); with
+        `before` (an event id) the ones recorded before it. None when `before` names no
+        stored event."""
         ...
 
     async def retry(self, delivery_id: int, *, now: float) -> DeliveryState | None:
         """Send a delivery again now: a dead letter gets a fresh schedule, a pending one
         becomes due at once, a delivered one is left alone. Returns the state it was in
         (None: no such delivery)."""
+        ...
+
+    async def retry_failed(
+        self, where: DeliveryFilter, *, now: float, subscribers: Sequence[str]
+    ) -> int:
+        """`retry` every dead letter (`failed`) of `subscribers` (the configured ones) that
+        `where` matches, whatever its `state` says: each gets a fresh schedule, due `now`.
+        A dead letter of a subscriber not in `subscribers` stays failed (no lane would send
+        it). Returns how many."""
         ...
 
     async def replay(
@@ -245,8 +284,13 @@ class OperationsStore(Protocol):
     async def subscriber_health(self) -> dict[str, SubscriberHealth]: ...
 
     async def set_subscriber_health(
-        self, subscriber_id: str, health: SubscriberHealth, *, keep_disabled: bool = False
-    ) -> None: ...
+        self,
+        subscriber_id: str,
+        health: SubscriberHealth,
+        *,
+        keep_disabled: bool = False,
+        report: Report | None = None,
+    ) -> bool: ...
 
 
 class Store(DetectionStore, OutboxStore, OperationsStore, Protocol):

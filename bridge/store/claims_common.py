@@ -7,12 +7,12 @@ both adapters store as given by others (answers, errors), made storable everywhe
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, overload
 
 import structlog
 
-from bridge.models import Delivery
+from bridge.models import Attempt, Delivery, Report
 
 log = structlog.get_logger("bridge.store")
 
@@ -50,6 +50,20 @@ class Lost(NamedTuple):
 class Claimed(NamedTuple):
     deliveries: list[Delivery]
     lost: list[Lost]
+    # the reports of the deliveries the claim dead-lettered, each with its lost attempt's
+    # time, for the caller to store in the claim's transaction (PostgreSQL's claims)
+    reports: Sequence[tuple[Report, float]] = ()
+
+
+# what a claim asks of a delivery it dead-letters (its lease ran out with no outcome, and
+# that was its last attempt): the report to store with it, in the claim's transaction (a
+# pure function; None: nothing to report, e.g. a delivery of a `bridge.*` event)
+OnDead = Callable[[Delivery, Attempt], Report | None]
+
+
+def lost_attempt(lease_until: float) -> Attempt:
+    """The attempt a claim records for a delivery whose lease ran out at `lease_until`."""
+    return Attempt(lease_until, None, 0.0, LOST_ATTEMPT, "")
 
 
 def log_lost(lost: Sequence[Lost]) -> None:

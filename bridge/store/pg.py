@@ -5,10 +5,11 @@ the group commit of attempts in `pg_finish`, the wake-ups between replicas in `p
 
 Clock: with `db_clock` (production), lease and due times are the database's, so replicas
 whose clocks disagree still agree on when a lease runs out: the `now` given to claims,
-release, retry, replay and reconcile, and the due time of the deliveries a scan queues, are
-replaced by the database's clock; an attempt's next due time is turned into a delay on this
-process's clock and set that far from the database's; `next_due_at` answers on this
-process's clock. Without it (tests with a fake clock), every time is used as given.
+release, retry, retry_failed, replay and reconcile, and the due time of the deliveries a
+scan or a report queues, are replaced by the database's clock; an attempt's next due time
+is turned into a delay on this process's clock and set that far from the database's;
+`next_due_at` answers on this process's clock. Without it (tests with a fake clock), every
+time is used as given.
 """
 
 from __future__ import annotations
@@ -16,16 +17,19 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from bridge.models import (
+    ALL_DELIVERIES,
     Attempt,
     Delivery,
+    DeliveryFilter,
     DeliveryState,
     DeliveryView,
     Event,
     RecordState,
     Replayed,
+    Report,
 )
 from bridge.store import pg_claim as claims
 from bridge.store import pg_leader as leases
@@ -42,7 +46,7 @@ from bridge.store.base import (
     SubscriberHealth,
 )
 from bridge.store.claims_common import Claimed, log_lost
-from bridge.store.pg_finish import Finisher
+from bridge.store.pg_finish import Finisher, store_report
 from bridge.store.pg_listen import EVENTS, HEALTH, OUTBOX, channel_name, listen, notify
 from bridge.store.pg_pool import Pool
 from bridge.store.pg_schema import Conn
@@ -94,6 +98,7 @@ class PgStore:
         self.created, self.store_id = migrated.created, migrated.store_id
         self.schema_version, self.schema = migrated.version, migrated.schema
         self._channel = channel_name(migrated.schema)
+        self._finisher.channel = self._channel
 
     async def close(self) -> None:
         """Within a few seconds, even when the server stopped answering: the attempts being
@@ -142,13 +147,19 @@ class PgStore:
         return await self._db.tx("committing a scan", run)
 
     async def claim_due(
-        self, *, now: float, limit: int, lease_s: float, subscribers: Sequence[str]
+        self,
+        *,
+        now: float,
+        limit: int,
+        lease_s: float,
+        subscribers: Sequence[str],
+        on_dead: Callable[[Delivery, Attempt], Report | None] | None = None,
     ) -> list[Delivery]:
         if not subscribers or limit <= 0:
             return []
         token, subs = uuid.uuid4().hex, list(subscribers)
 
-        async def run(conn: Conn) -> Claimed:
+        async def run(conn: Conn, reporting: claims.Reporting | None) -> Claimed:
             at = await self._now(conn, now)
             return await claims.claim(
                 conn,
@@ -158,9 +169,10 @@ class PgStore:
                 until=at + lease_s,
                 token=token,
                 max_attempts=self.max_attempts,
+                reporting=reporting,
             )
 
-        claimed = await self._db.tx("claiming deliveries", run)
+        claimed = await self._claim_tx(run, on_dead)
         log_lost(claimed.lost)
         return claimed.deliveries
 
@@ -171,12 +183,13 @@ class PgStore:
         lease_s: float,
         rooms: Sequence[tuple[str, int]],
         caps: Mapping[str, int] | None = None,
+        on_dead: Callable[[Delivery, Attempt], Report | None] | None = None,
     ) -> list[Delivery]:
         if not any(room > 0 for _, room in rooms):
             return []
         token = uuid.uuid4().hex
 
-        async def run(conn: Conn) -> Claimed:
+        async def run(conn: Conn, reporting: claims.Reporting | None) -> Claimed:
             if caps:  # before reading the clock: the lease runs from when the claim can go
                 await claims.lock_lanes(conn, [sub for sub, _ in rooms if sub in caps])
             at = await self._now(conn, now)
@@ -188,11 +201,39 @@ class PgStore:
                 token=token,
                 max_attempts=self.max_attempts,
                 caps=caps,
+                reporting=reporting,
             )
 
-        claimed = await self._db.tx("claiming deliveries", run)
+        claimed = await self._claim_tx(run, on_dead)
         log_lost(claimed.lost)
         return claimed.deliveries
+
+    async def _claim_tx(
+        self,
+        run: Callable[[Conn, claims.Reporting | None], Awaitable[Claimed]],
+        on_dead: Callable[[Delivery, Attempt], Report | None] | None,
+    ) -> Claimed:
+        """A claim's transaction, storing the reports of the deliveries it dead-letters
+        (`on_dead`). Those writes take the scan lock first, as every write storing an event
+        does (events are numbered in commit order): a claim runs without it, and only when
+        it would dead-letter a delivery is it rolled back and run again, the lock taken
+        first (`on_dead` is asked then only)."""
+
+        async def attempt(conn: Conn, locked: bool) -> Claimed:
+            if locked:  # first, before any row or claim lock (see `ScanLockFirst`)
+                await scans.serialize(conn)
+            reporting = None if on_dead is None else claims.Reporting(on_dead, locked)
+            claimed = await run(conn, reporting)
+            for report, at in claimed.reports:
+                # due and created when the lease ran out (by the clock leases are on): due
+                # at once, as that is before the claim's now
+                await store_report(conn, self._channel, report, due_at=at, at=at)
+            return claimed
+
+        try:
+            return await self._db.tx("claiming deliveries", lambda c: attempt(c, False))
+        except claims.ScanLockFirst:
+            return await self._db.tx("claiming deliveries", lambda c: attempt(c, True))
 
     async def finish_attempt(
         self, delivery: Delivery, attempt: Attempt, outcome: AttemptOutcome
@@ -225,13 +266,12 @@ class PgStore:
     async def list_deliveries(
         self,
         *,
-        state: DeliveryState | None = None,
-        subscriber: str | None = None,
+        where: DeliveryFilter = ALL_DELIVERIES,
         limit: int = 100,
         before: int | None = None,
     ) -> list[DeliveryView]:
         return await self._db.read(
-            "listing deliveries", lambda c: ops.list_deliveries(c, state, subscriber, limit, before)
+            "listing deliveries", lambda c: ops.list_deliveries(c, where, limit, before)
         )
 
     async def get_delivery(self, delivery_id: int) -> DeliveryView | None:
@@ -245,10 +285,15 @@ class PgStore:
         )
 
     async def list_events(
-        self, *, event_type: str | None = None, limit: int = 100, before: str | None = None
+        self,
+        *,
+        event_type: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+        record_id: str | None = None,
     ) -> list[Event] | None:
         return await self._db.read(
-            "listing events", lambda c: ops.list_events(c, event_type, limit, before)
+            "listing events", lambda c: ops.list_events(c, event_type, limit, before, record_id)
         )
 
     async def retry(self, delivery_id: int, *, now: float) -> DeliveryState | None:
@@ -259,6 +304,19 @@ class PgStore:
             return state
 
         return await self._db.tx("retrying a delivery", run)
+
+    async def retry_failed(
+        self, where: DeliveryFilter, *, now: float, subscribers: Sequence[str]
+    ) -> int:
+        subs = list(subscribers)
+
+        async def run(conn: Conn) -> int:
+            retried = await ops.retry_failed(conn, where, await self._now(conn, now), subs)
+            if retried:
+                await notify(conn, self._channel, OUTBOX)
+            return retried
+
+        return await self._db.tx("retrying dead letters", run)
 
     async def replay(
         self,
@@ -287,13 +345,34 @@ class PgStore:
         return await self._db.read("reading subscriber health", ops.subscriber_health)
 
     async def set_subscriber_health(
-        self, subscriber_id: str, health: SubscriberHealth, *, keep_disabled: bool = False
-    ) -> None:
-        async def run(conn: Conn) -> None:
-            await ops.set_subscriber_health(conn, subscriber_id, health, keep_disabled)
-            await notify(conn, self._channel, HEALTH)
+        self,
+        subscriber_id: str,
+        health: SubscriberHealth,
+        *,
+        keep_disabled: bool = False,
+        report: Report | None = None,
+    ) -> bool:
+        """With a `report` for a write that disables: the report is stored when this write
+        is the one that disabled the subscriber (see `pg_ops.disable_subscriber`), due and
+        created at `health.disabled_at` (due by the database's clock with `db_clock`).
+        Whether the report was stored."""
+        disabled_at = health.disabled_at
 
-        await self._db.tx("recording subscriber health", run)
+        async def run(conn: Conn) -> bool:
+            stored = False
+            if report is None or disabled_at is None:
+                await ops.set_subscriber_health(conn, subscriber_id, health, keep_disabled)
+            else:
+                await scans.serialize(conn)  # first, as scans: events numbered in commit order
+                if await ops.disable_subscriber(conn, subscriber_id, health, keep_disabled):
+                    due_at = await self._now(conn, disabled_at)
+                    stored = await store_report(
+                        conn, self._channel, report, due_at=due_at, at=disabled_at
+                    )
+            await notify(conn, self._channel, HEALTH)
+            return stored
+
+        return await self._db.tx("recording subscriber health", run)
 
     async def purge(self, *, now: float, retention_s: float, batch: int = 500) -> int:
         """One step of retention, with the rules and the answer of `SqliteStore.purge`; it

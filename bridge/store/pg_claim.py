@@ -15,12 +15,19 @@ transaction.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from bridge import jsontext
-from bridge.models import Attempt, Delivery, Event
+from bridge.models import Attempt, Delivery, Event, Report
 from bridge.store.base import AttemptOutcome
-from bridge.store.claims_common import LOST_ATTEMPT, Claimed, Lost, storable
+from bridge.store.claims_common import (
+    LOST_ATTEMPT,
+    Claimed,
+    Lost,
+    OnDead,
+    lost_attempt,
+    storable,
+)
 from bridge.store.pg_schema import Conn, lock_key
 
 # per (subscriber, record), nothing goes while an earlier event is still pending. A scalar
@@ -62,8 +69,28 @@ _NEXT_DUE = (
     " AND d.lease_until IS NOT NULL AND d.next_attempt_at IS NOT NULL AND " + IN_ORDER + ""
     ") due"
 )
+_EVENTS = (
+    "SELECT id, type, record_id, occurred_at, previous_status, data FROM events"
+    " WHERE id = ANY(%s::text[])"
+)
 _LOCK = "SELECT pg_advisory_xact_lock(" + lock_key("'claim:' || %s") + ")"
 LANES_PER_CLAIM = 100  # lanes one statement claims for (as the SQLite store does)
+
+
+class ScanLockFirst(Exception):
+    """A claim would dead-letter a delivery, whose report may have to be stored, but did not
+    take the scan lock first (`pg_scan.serialize`: events are numbered in commit order): its
+    transaction is rolled back and the claim run again, taking the lock first. Taking it
+    later, holding the rows the claim locked, could deadlock with a writer that holds it and
+    waits for one of those rows."""
+
+
+class Reporting(NamedTuple):
+    """What a claim does with the deliveries it dead-letters: `on_dead` makes their reports;
+    `locked`: the caller holds the scan lock (else dead-lettering raises `ScanLockFirst`)."""
+
+    on_dead: OnDead
+    locked: bool
 
 
 async def claim(
@@ -75,6 +102,7 @@ async def claim(
     until: float,
     token: str,
     max_attempts: int,
+    reporting: Reporting | None = None,
 ) -> Claimed:
     """Lease up to `limit` due deliveries of `subscribers` (oldest due first, in order):
     the first `limit` of each subscriber's, then the first `limit` of them all (the others
@@ -83,7 +111,15 @@ async def claim(
     params = {"subs": subs, "rooms": [limit] * len(subs), "now": now}
     rows = await (await conn.execute(_DUE_LANES, params)).fetchall()
     rows = sorted(rows, key=lambda row: (row[5], row[0]))[:limit]
-    return await _lease(conn, rows, now=now, until=until, token=token, max_attempts=max_attempts)
+    return await _lease(
+        conn,
+        rows,
+        now=now,
+        until=until,
+        token=token,
+        max_attempts=max_attempts,
+        reporting=reporting,
+    )
 
 
 async def lock_lanes(conn: Conn, subscribers: Sequence[str]) -> None:
@@ -102,6 +138,7 @@ async def claim_lanes(
     token: str,
     max_attempts: int,
     caps: Mapping[str, int] | None = None,
+    reporting: Reporting | None = None,
 ) -> Claimed:
     """`claim` for each subscriber up to its own room (and its cap: unexpired leases of the
     subscriber's deliveries count against it, whoever holds them). With `caps`, the caller
@@ -114,14 +151,24 @@ async def claim_lanes(
         ]
     rooms = [(sub, room) for sub, room in rooms if room > 0]
     claimed = Claimed([], [])
+    reports: list[tuple[Report, float]] = []
     for start in range(0, len(rooms), LANES_PER_CLAIM):
         chunk = rooms[start : start + LANES_PER_CLAIM]
         params = {"subs": [s for s, _ in chunk], "rooms": [r for _, r in chunk], "now": now}
         rows = await (await conn.execute(_DUE_LANES, params)).fetchall()
-        got = await _lease(conn, rows, now=now, until=until, token=token, max_attempts=max_attempts)
+        got = await _lease(
+            conn,
+            rows,
+            now=now,
+            until=until,
+            token=token,
+            max_attempts=max_attempts,
+            reporting=reporting,
+        )
         claimed.deliveries.extend(got.deliveries)
         claimed.lost.extend(got.lost)
-    return claimed
+        reports.extend(got.reports)
+    return claimed._replace(reports=reports)
 
 
 async def _leased(conn: Conn, subscribers: Sequence[str], now: float) -> dict[str, int]:
@@ -145,23 +192,28 @@ async def _lease(
     until: float,
     token: str,
     max_attempts: int,
+    reporting: Reporting | None = None,
 ) -> Claimed:
     """Lease the deliveries of `rows` (selected and locked by the caller).
 
     A selected delivery that still has a lease (it ran out, or it would not be due) was
     claimed and never finished nor released: its worker stopped or its lease expired
     mid-attempt. That counts as an attempt, so a delivery that kills its worker cannot loop
-    forever: it is dead-lettered once it has had `max_attempts`."""
+    forever: it is dead-lettered once it has had `max_attempts`, with `reporting.on_dead`'s
+    report of it (returned, for the caller to store in this transaction)."""
     # a subscriber named twice selects its rows twice
     rows = sorted({row[0]: row for row in rows}.values(), key=lambda row: (row[5], row[0]))
     lost: list[Lost] = []
     stale = [row for row in rows if row[4] is not None]
+    reports: list[tuple[Report, float]] = []
+    if stale and reporting is not None:
+        reports = await _reports(conn, stale, max_attempts, reporting)
     if stale:
         lost = await _count_lost(conn, stale, now, max_attempts)
     dead = {item.delivery_id for item in lost if item.dead}
     ids = [row[0] for row in rows if row[0] not in dead]
     if not ids:
-        return Claimed([], lost)
+        return Claimed([], lost, reports)
     cur = await conn.execute(_LEASE, (until, token, ids))
     leased = sorted(await cur.fetchall(), key=lambda row: (row[4], row[0]))
     deliveries = [
@@ -175,7 +227,40 @@ async def _lease(
         )
         for row in leased
     ]
-    return Claimed(deliveries, lost)
+    return Claimed(deliveries, lost, reports)
+
+
+async def _reports(
+    conn: Conn, stale: Sequence[tuple[Any, ...]], max_attempts: int, reporting: Reporting
+) -> list[tuple[Report, float]]:
+    """The reports of those of the `stale` rows whose lost attempt is their last, each with
+    that attempt's time; `ScanLockFirst` when there is such a row and the scan lock is not
+    held (whether `on_dead` reports it or not: it is asked only once the lock is held)."""
+    dying = [row for row in stale if row[2] + 1 - row[3] >= max_attempts]
+    if not dying:
+        return []
+    if not reporting.locked:  # before asking `on_dead`: it is asked only in a claim that
+        raise ScanLockFirst  # can store its answer (its callers hear of what it made)
+    cur = await conn.execute(_EVENTS, (list({row[6] for row in dying}),))
+    events = {
+        row[0]: Event(row[0], row[1], row[2], row[3], row[4], jsontext.loads(row[5]))
+        for row in await cur.fetchall()
+    }
+    reports: list[tuple[Report, float]] = []
+    for row in dying:
+        delivery = Delivery(
+            id=row[0],
+            subscriber_id=row[1],
+            attempts=row[2],  # before the lost one: the report counts it
+            schedule_from=row[3],
+            lease_token="",
+            event=events[row[6]],
+        )
+        attempt = lost_attempt(float(row[4]))
+        report = reporting.on_dead(delivery, attempt)
+        if report is not None:
+            reports.append((report, attempt.attempted_at))
+    return reports
 
 
 async def _count_lost(

@@ -3,6 +3,10 @@ finish while a write is running are recorded together in the next transaction, s
 concurrent deliveries cost few commits. With `db_clock`, each next due time is moved to the
 database's clock (as far from its now as it is from this process's).
 
+An outcome's report (`AttemptOutcome.report`) is stored in the same transaction when its
+attempt is recorded (the lease still held), and not when it is not; a batch with a report
+takes the scan lock first, as a scan's commit does (events numbered in commit order).
+
 A batch the database refuses for its data (a value out of range: text is made storable
 before) is recorded again one attempt per transaction, so that one bad attempt fails alone
 instead of failing, again and again, every attempt that happened to share its batch.
@@ -12,14 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from functools import partial
 
 import psycopg
 
 from bridge.errors import StoreError
-from bridge.models import Attempt, Delivery
+from bridge.models import Attempt, Delivery, Report
 from bridge.store import pg_claim as claims
+from bridge.store import pg_scan as scans
 from bridge.store.base import AttemptOutcome
+from bridge.store.pg_listen import EVENTS, OUTBOX, notify
 from bridge.store.pg_pool import Pool
 from bridge.store.pg_schema import Conn
 
@@ -36,6 +43,7 @@ class Finisher:
 
     def __init__(self, db: Pool) -> None:
         self._db = db
+        self.channel = ""  # where reports' wake-ups go (set when the store opens)
         self._waiting: list[Waiting] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -101,10 +109,37 @@ class Finisher:
         return await self._db.tx("recording attempts", partial(self._write, items))
 
     async def _write(self, items: list[Item], conn: Conn) -> list[bool]:
+        reports = any(o.report is not None for _, _, o in items)
+        if reports:  # first, as scans do: events are numbered in the order they commit
+            await scans.serialize(conn)
         if self._db.db_clock and any(o.next_attempt_at is not None for _, _, o in items):
             offset = await self._db.now(conn, 0.0) - time.time()
             items = [(d, a, _rebased(o, offset)) for d, a, o in items]
-        return await claims.finish_attempts(conn, items)
+        kept = await claims.finish_attempts(conn, items)
+        if reports:
+            for (_, tried, outcome), recorded in zip(items, kept, strict=True):
+                if recorded and outcome.report is not None:
+                    due_at = await self._db.now(conn, tried.attempted_at)
+                    await store_report(
+                        conn, self.channel, outcome.report, due_at=due_at, at=tried.attempted_at
+                    )
+        return kept
+
+
+async def store_report(
+    conn: Conn, channel: str, report: Report, *, due_at: float, at: float
+) -> bool:
+    """Store the bridge's `report` in the caller's transaction, which holds the scan lock
+    (`pg_scan.serialize`): its event and a delivery to each target, due at `due_at` (the
+    database's clock with `db_clock`), created at `at`; nothing when its event id is
+    recorded already. Wakes the replicas' dispatchers and the pull feed's waiters. Not
+    fenced by the poller's lease: any replica may report. Whether it was stored."""
+    created, recorded = await scans.insert_report(conn, report, due_at=due_at, at=at)
+    if created:
+        await notify(conn, channel, OUTBOX)
+    if recorded:
+        await notify(conn, channel, EVENTS)
+    return recorded
 
 
 def _settle(batch: list[Waiting], exc: BaseException) -> None:
@@ -116,4 +151,4 @@ def _settle(batch: list[Waiting], exc: BaseException) -> None:
 def _rebased(outcome: AttemptOutcome, offset_s: float) -> AttemptOutcome:
     if outcome.next_attempt_at is None:
         return outcome
-    return AttemptOutcome(outcome.state, outcome.next_attempt_at + offset_s)
+    return replace(outcome, next_attempt_at=outcome.next_attempt_at + offset_s)

@@ -1,8 +1,9 @@
 """Wake-ups between replicas: PostgreSQL's NOTIFY, on a channel of the store's schema.
 
 A transaction that makes deliveries due at once (a scan that queued some, retry, replay,
-release, subscribers restored) sends `outbox` on the channel, and one that changes a
-subscriber's health sends `health`; PostgreSQL delivers them when (and only if) it commits.
+release, subscribers restored, a report stored) sends `outbox` on the channel, one that
+stores events (a scan, a report) sends `events`, and one that changes a subscriber's
+health sends `health`; PostgreSQL delivers them when (and only if) it commits.
 Every replica listens on a connection of its own (not one of the pool's: a listening
 connection must stay open and idle), reconnecting with a growing pause when it is lost, and
 says `reconnected` after each connection, since wake-ups sent meanwhile were missed.

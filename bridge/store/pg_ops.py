@@ -20,16 +20,15 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from bridge.models import Attempt, DeliveryState, DeliveryView, Event, Replayed
+from bridge.models import Attempt, DeliveryFilter, DeliveryState, DeliveryView, Event, Replayed
+from bridge.store import filters
 from bridge.store.base import PURGED_UP_TO, FeedPage, SubscriberHealth
 from bridge.store.claims_common import storable
 from bridge.store.pg_schema import Conn, lock_key
 
-_VIEW_COLUMNS = (
-    "SELECT d.id, e.id, e.type, d.subscriber_id, d.state, d.attempts, d.next_attempt_at,"
-    " e.record_id, d.created_at, d.updated_at FROM deliveries d JOIN events e"
-    " ON e.seq = d.event_seq"
-)
+_VIEW_COLUMNS = filters.VIEW_COLUMNS
+# a bulk retry locks its rows in id order: two of them never wait on each other in turn
+DIALECT = filters.Dialect("%s", storable, " ORDER BY d.id FOR UPDATE OF d")
 _COUNTS = (
     "SELECT subscriber_id, state, SUM(n)::bigint FROM (SELECT subscriber_id, state, n"
     " FROM delivery_counts UNION ALL SELECT subscriber_id, state, n"
@@ -79,27 +78,10 @@ async def _views(conn: Conn, rows: Sequence[tuple[Any, ...]]) -> list[DeliveryVi
 
 
 async def list_deliveries(
-    conn: Conn,
-    state: DeliveryState | None,
-    subscriber: str | None,
-    limit: int,
-    before: int | None,
+    conn: Conn, where: DeliveryFilter, limit: int, before: int | None
 ) -> list[DeliveryView]:
-    where: list[str] = []
-    params: list[Any] = []
-    if state is not None:
-        where.append("d.state = %s")
-        params.append(state.value)
-    if subscriber is not None:
-        where.append("d.subscriber_id = %s")
-        params.append(storable(subscriber))
-    if before is not None:
-        where.append("d.id < %s")
-        params.append(before)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
-    cur = await conn.execute(
-        f"{_VIEW_COLUMNS} {clause} ORDER BY d.id DESC LIMIT %s", [*params, _limit(limit)]
-    )
+    sql, params = filters.listing(DIALECT, where, before=before)
+    cur = await conn.execute(sql, [*params, _limit(limit)])
     return await _views(conn, await cur.fetchall())
 
 
@@ -110,7 +92,11 @@ async def get_delivery(conn: Conn, delivery_id: int) -> DeliveryView | None:
 
 
 async def list_events(
-    conn: Conn, event_type: str | None, limit: int, before: str | None
+    conn: Conn,
+    event_type: str | None,
+    limit: int,
+    before: str | None,
+    record_id: str | None = None,
 ) -> list[Event] | None:
     where: list[str] = []
     params: list[Any] = []
@@ -124,6 +110,9 @@ async def list_events(
     if event_type is not None:
         where.append("type = %s")
         params.append(storable(event_type))
+    if record_id is not None:  # the index events_record (record_id, seq)
+        where.append("record_id = %s")
+        params.append(storable(record_id))
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     cur = await conn.execute(
         "SELECT id, type, record_id, occurred_at, previous_status, data FROM events"
@@ -137,9 +126,10 @@ async def events_after(
     conn: Conn, after_seq: int | None, limit: int, event_type: str | None
 ) -> FeedPage:
     """The pull feed's page. Safe to serve in seq order: every INSERT INTO events is in a
-    scan commit (`pg_scan.commit_scan`, progress events included), and those hold the scan
-    advisory lock until they commit, so seqs are taken and become visible in commit order:
-    no lower seq can appear after a higher one was seen."""
+    scan commit (`pg_scan.commit_scan`, progress events included) or stores a report
+    (`pg_scan.insert_report`), and those hold the scan advisory lock until they commit, so
+    seqs are taken and become visible in commit order: no lower seq can appear after a
+    higher one was seen."""
     where = "seq > %s"
     params: list[Any] = [after_seq or 0]
     if event_type is not None:
@@ -181,6 +171,20 @@ async def retry(conn: Conn, delivery_id: int, now: float) -> DeliveryState | Non
             (now, now, delivery_id),
         )
     return state
+
+
+async def retry_failed(
+    conn: Conn, where: DeliveryFilter, now: float, subscribers: Sequence[str]
+) -> int:
+    """`retry` every dead letter of `subscribers` `where` matches (its `state` ignored), in
+    one statement (a delivery retried, replayed or purged meanwhile by another transaction
+    is left alone)."""
+    found = filters.retrying(DIALECT, where, now=now, subscribers=subscribers)
+    if found is None:
+        return 0
+    sql, params = found
+    cur = await conn.execute(sql, params)
+    return len(await cur.fetchall())
 
 
 async def replay(
@@ -290,13 +294,7 @@ async def set_subscriber_health(
 ) -> None:
     """One statement: with `keep_disabled`, a stored disable (and its reason) stays."""
     await conn.execute(
-        "INSERT INTO subscriber_health AS h (id, failing_since, disabled_at, reason)"
-        " VALUES (%(id)s, %(failing)s, %(disabled)s, %(reason)s) ON CONFLICT (id) DO UPDATE SET"
-        " failing_since = excluded.failing_since,"
-        " disabled_at = CASE WHEN %(keep)s AND h.disabled_at IS NOT NULL THEN h.disabled_at"
-        " ELSE excluded.disabled_at END,"
-        " reason = CASE WHEN %(keep)s AND h.disabled_at IS NOT NULL THEN h.reason"
-        " ELSE excluded.reason END",
+        _SET_HEALTH,
         {
             "id": storable(subscriber_id),
             "failing": health.failing_since,
@@ -305,3 +303,35 @@ async def set_subscriber_health(
             "keep": keep_disabled,
         },
     )
+
+
+async def disable_subscriber(
+    conn: Conn, subscriber_id: str, health: SubscriberHealth, keep_disabled: bool
+) -> bool:
+    """`set_subscriber_health` for a write that may disable the subscriber: whether it did
+    (the store had it enabled: no row, or not disabled). The subscriber's row is created
+    first if missing, then locked and read, so that of writers disabling it at once only
+    one sees it enabled (an INSERT … ON CONFLICT alone cannot tell what it replaced); the
+    caller, storing a report, also holds the scan lock, which orders them anyway."""
+    sid = storable(subscriber_id)
+    await conn.execute(
+        "INSERT INTO subscriber_health (id) VALUES (%s) ON CONFLICT (id) DO NOTHING", (sid,)
+    )
+    cur = await conn.execute(
+        "SELECT disabled_at FROM subscriber_health WHERE id = %s FOR UPDATE", (sid,)
+    )
+    row = await cur.fetchone()
+    was_enabled = row is None or row[0] is None
+    await set_subscriber_health(conn, subscriber_id, health, keep_disabled)
+    return was_enabled and health.disabled_at is not None
+
+
+_SET_HEALTH = (
+    "INSERT INTO subscriber_health AS h (id, failing_since, disabled_at, reason)"
+    " VALUES (%(id)s, %(failing)s, %(disabled)s, %(reason)s) ON CONFLICT (id) DO UPDATE SET"
+    " failing_since = excluded.failing_since,"
+    " disabled_at = CASE WHEN %(keep)s AND h.disabled_at IS NOT NULL THEN h.disabled_at"
+    " ELSE excluded.disabled_at END,"
+    " reason = CASE WHEN %(keep)s AND h.disabled_at IS NOT NULL THEN h.reason"
+    " ELSE excluded.reason END"
+)

@@ -14,9 +14,9 @@ with NUL (which PostgreSQL's text cannot hold) replaced by U+FFFD (`storable`); 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from bridge.models import Event, RecordState
+from bridge.models import Event, RecordState, Report
 from bridge.store.base import Committed, ScanCommit
 from bridge.store.claims_common import storable
 from bridge.store.pg_schema import Conn, lock_key
@@ -97,6 +97,18 @@ async def commit_scan(conn: Conn, commit: ScanCommit, *, due_at: float) -> Commi
     events: dict[str, tuple[Event, Sequence[str]]] = {}
     for event, subscribers in commit.events:
         events.setdefault(storable(event.id), (event, subscribers))
+    created, recorded = await insert_events(conn, events, due_at=due_at, at=commit.now)
+    return Committed(created, forgotten, recorded)
+
+
+async def insert_events(
+    conn: Conn, events: Mapping[str, tuple[Event, Sequence[str]]], *, due_at: float, at: float
+) -> tuple[int, frozenset[str]]:
+    """Record `events` (by their stored id, in order), each with a pending delivery to each
+    of its subscribers, due at `due_at` and created at `at`; an event whose id is recorded
+    already is skipped with its deliveries. Returns the deliveries created and the ids of
+    the events recorded (as given). The caller holds the scan lock (`serialize`): scans and
+    the bridge's reports (`insert_report`) go through here."""
     seq_of = await _insert_events(conn, events) if events else {}
     seqs: list[int] = []
     subs: list[str] = []
@@ -115,13 +127,25 @@ async def commit_scan(conn: Conn, commit: ScanCommit, *, due_at: float) -> Commi
             " next_attempt_at, created_at, updated_at) SELECT seq, sub, rid, 'pending', %s, %s, %s"
             " FROM unnest(%s::bigint[], %s::text[], %s::text[]) WITH ORDINALITY"
             " AS d (seq, sub, rid, n) ORDER BY n",
-            (due_at, commit.now, commit.now, seqs, subs, rids),
+            (due_at, at, at, seqs, subs, rids),
         )
-    return Committed(len(seqs), forgotten, frozenset(recorded))
+    return len(seqs), frozenset(recorded)
+
+
+async def insert_report(
+    conn: Conn, report: Report, *, due_at: float, at: float
+) -> tuple[int, bool]:
+    """Store the bridge's `report` (its event, a delivery to each of its targets, due at
+    `due_at`, created at `at`) unless its event id is recorded already; the caller holds
+    the scan lock (`serialize`). Returns the deliveries created and whether it was stored."""
+    targets = list(dict.fromkeys(map(storable, report.targets)))  # named twice: one delivery
+    events = {storable(report.event.id): (report.event, targets)}
+    created, recorded = await insert_events(conn, events, due_at=due_at, at=at)
+    return created, bool(recorded)
 
 
 async def _insert_events(
-    conn: Conn, events: dict[str, tuple[Event, Sequence[str]]]
+    conn: Conn, events: Mapping[str, tuple[Event, Sequence[str]]]
 ) -> dict[str, int]:
     """Insert the events (by their stored id; numbered in the order given) whose id is not
     recorded yet; the seq of each one inserted."""

@@ -15,13 +15,16 @@ from typing import TypeVar
 
 from bridge.errors import StoreError
 from bridge.models import (
+    ALL_DELIVERIES,
     Attempt,
     Delivery,
+    DeliveryFilter,
     DeliveryState,
     DeliveryView,
     Event,
     RecordState,
     Replayed,
+    Report,
 )
 from bridge.store import sqlite_claim as claims
 from bridge.store import sqlite_file as files
@@ -35,7 +38,6 @@ from bridge.store.base import (
     ScanCommit,
     SubscriberHealth,
 )
-from bridge.store.claims_common import storable
 from bridge.store.sqlite_file import StoreLocked
 from bridge.store.sqlite_inline import Busy, InlineWriter
 from bridge.store.sqlite_open import explain, open_store
@@ -219,7 +221,13 @@ class SqliteStore:
         return await self._tx(partial(commit_scan, commit))
 
     async def claim_due(
-        self, *, now: float, limit: int, lease_s: float, subscribers: Sequence[str]
+        self,
+        *,
+        now: float,
+        limit: int,
+        lease_s: float,
+        subscribers: Sequence[str],
+        on_dead: Callable[[Delivery, Attempt], Report | None] | None = None,
     ) -> list[Delivery]:
         subs = list(subscribers)
         if not subs or limit <= 0:
@@ -228,7 +236,14 @@ class SqliteStore:
         max_attempts = self.max_attempts
         claimed = await self._tx(
             lambda c: claims.claim(
-                c, subs, limit, now=now, until=now + lease_s, token=token, max_attempts=max_attempts
+                c,
+                subs,
+                limit,
+                now=now,
+                until=now + lease_s,
+                token=token,
+                max_attempts=max_attempts,
+                on_dead=on_dead,
             )
         )
         claims.log_lost(claimed.lost)
@@ -241,6 +256,7 @@ class SqliteStore:
         lease_s: float,
         rooms: Sequence[tuple[str, int]],
         caps: Mapping[str, int] | None = None,
+        on_dead: Callable[[Delivery, Attempt], Report | None] | None = None,
     ) -> list[Delivery]:
         token = uuid.uuid4().hex
         max_attempts = self.max_attempts
@@ -253,6 +269,7 @@ class SqliteStore:
                 token=token,
                 max_attempts=max_attempts,
                 caps=caps,
+                on_dead=on_dead,
             )
         )
         claims.log_lost(claimed.lost)
@@ -297,12 +314,11 @@ class SqliteStore:
     async def list_deliveries(
         self,
         *,
-        state: DeliveryState | None = None,
-        subscriber: str | None = None,
+        where: DeliveryFilter = ALL_DELIVERIES,
         limit: int = 100,
         before: int | None = None,
     ) -> list[DeliveryView]:
-        return await self._run(lambda c: ops.list_deliveries(c, state, subscriber, limit, before))
+        return await self._run(lambda c: ops.list_deliveries(c, where, limit, before))
 
     async def get_delivery(self, delivery_id: int) -> DeliveryView | None:
         return await self._run(lambda c: ops.get_delivery(c, delivery_id))
@@ -313,12 +329,23 @@ class SqliteStore:
         return await self._run(lambda c: ops.events_after(c, after_seq, limit, event_type))
 
     async def list_events(
-        self, *, event_type: str | None = None, limit: int = 100, before: str | None = None
+        self,
+        *,
+        event_type: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+        record_id: str | None = None,
     ) -> list[Event] | None:
-        return await self._run(lambda c: ops.list_events(c, event_type, limit, before))
+        return await self._run(lambda c: ops.list_events(c, event_type, limit, before, record_id))
 
     async def retry(self, delivery_id: int, *, now: float) -> DeliveryState | None:
         return await self._tx(lambda c: ops.retry(c, delivery_id, now))
+
+    async def retry_failed(
+        self, where: DeliveryFilter, *, now: float, subscribers: Sequence[str]
+    ) -> int:
+        subs = list(subscribers)
+        return await self._tx(lambda c: ops.retry_failed(c, where, now, subs))
 
     async def replay(
         self,
@@ -345,26 +372,15 @@ class SqliteStore:
         return {row[0]: SubscriberHealth(*row[1:]) for row in rows}
 
     async def set_subscriber_health(
-        self, subscriber_id: str, health: SubscriberHealth, *, keep_disabled: bool = False
-    ) -> None:
-        await self._tx(
-            lambda c: c.execute(
-                "INSERT INTO subscriber_health (id, failing_since, disabled_at, reason)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
-                " failing_since = excluded.failing_since, disabled_at = CASE WHEN ?"
-                " AND subscriber_health.disabled_at IS NOT NULL"
-                " THEN subscriber_health.disabled_at ELSE excluded.disabled_at END,"
-                " reason = CASE WHEN ? AND subscriber_health.disabled_at IS NOT NULL"
-                " THEN subscriber_health.reason ELSE excluded.reason END",
-                (
-                    subscriber_id,
-                    health.failing_since,
-                    health.disabled_at,
-                    storable(health.reason),
-                    keep_disabled,
-                    keep_disabled,
-                ),
-            )
+        self,
+        subscriber_id: str,
+        health: SubscriberHealth,
+        *,
+        keep_disabled: bool = False,
+        report: Report | None = None,
+    ) -> bool:
+        return await self._tx(
+            lambda c: ops.set_subscriber_health(c, subscriber_id, health, keep_disabled, report)
         )
 
     async def count_deliveries(self) -> dict[DeliveryState, int]:

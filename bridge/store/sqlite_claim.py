@@ -12,9 +12,18 @@ from typing import Any
 from bridge import jsontext
 from bridge.models import Attempt, Delivery, Event
 from bridge.store.base import AttemptOutcome
-from bridge.store.claims_common import LOST_ATTEMPT, Claimed, Lost, log_lost, storable
+from bridge.store.claims_common import (
+    LOST_ATTEMPT,
+    Claimed,
+    Lost,
+    OnDead,
+    log_lost,
+    lost_attempt,
+    storable,
+)
+from bridge.store.sqlite_scan import insert_report
 
-__all__ = ["LOST_ATTEMPT", "Claimed", "Lost", "log_lost"]
+__all__ = ["LOST_ATTEMPT", "Claimed", "Lost", "OnDead", "log_lost"]
 
 # per (subscriber, record), nothing goes while an earlier event is still pending (CROSS JOIN
 # keeps this order: from the record's few earlier events, never from the lane's many pending
@@ -52,11 +61,21 @@ def claim(
     until: float,
     token: str,
     max_attempts: int,
+    on_dead: OnDead | None = None,
 ) -> Claimed:
     """Lease up to `limit` due deliveries of `subscribers` (oldest due first, in order)."""
     due = _DUE.format(subs=",".join("?" * len(subscribers)))
     params = [now, now, *subscribers, limit]
-    return _lease(conn, due, params, now=now, until=until, token=token, max_attempts=max_attempts)
+    return _lease(
+        conn,
+        due,
+        params,
+        now=now,
+        until=until,
+        token=token,
+        max_attempts=max_attempts,
+        on_dead=on_dead,
+    )
 
 
 def claim_lanes(
@@ -68,6 +87,7 @@ def claim_lanes(
     token: str,
     max_attempts: int,
     caps: Mapping[str, int] | None = None,
+    on_dead: OnDead | None = None,
 ) -> Claimed:
     """`claim` for each subscriber up to its own room (and its cap: unexpired leases of
     the subscriber's deliveries count against it), many lanes to a statement."""
@@ -80,7 +100,14 @@ def claim_lanes(
         due = " UNION ALL ".join(["SELECT * FROM (" + _DUE.format(subs="?") + ")"] * len(chunk))
         params = [p for sub, room in chunk for p in (now, now, sub, room)]
         got = _lease(
-            conn, due, params, now=now, until=until, token=token, max_attempts=max_attempts
+            conn,
+            due,
+            params,
+            now=now,
+            until=until,
+            token=token,
+            max_attempts=max_attempts,
+            on_dead=on_dead,
         )
         claimed.deliveries.extend(got.deliveries)
         claimed.lost.extend(got.lost)
@@ -107,6 +134,7 @@ def _lease(
     until: float,
     token: str,
     max_attempts: int,
+    on_dead: OnDead | None = None,
 ) -> Claimed:
     """Lease the deliveries `due` selects. The rows come back as one JSON array and the
     leases are taken by one statement: a statement step per batch rather than per row, as
@@ -115,13 +143,17 @@ def _lease(
     A selected delivery that still has a lease (it ran out, or it would not be due) was
     claimed and never finished nor released: its worker stopped or its lease expired
     mid-attempt. That counts as an attempt, so a delivery that kills its worker cannot loop
-    forever: it is dead-lettered once it has had `max_attempts`."""
+    forever: it is dead-lettered once it has had `max_attempts`, and `on_dead`'s report of
+    it is stored in this transaction."""
     (found,) = conn.execute(_CLAIMED.format(ids=due), params).fetchone()
     rows = sorted(jsontext.loads(found), key=lambda row: (row[9], row[0]))
     lost: list[Lost] = []
     if any(row[10] is not None for row in rows):
-        lost = _count_lost(conn, [row for row in rows if row[10] is not None], now, max_attempts)
+        stale = [row for row in rows if row[10] is not None]
+        lost = _count_lost(conn, stale, now, max_attempts)
         dead = {item.delivery_id for item in lost if item.dead}
+        if dead and on_dead is not None:
+            _report_dead(conn, [row for row in stale if row[0] in dead], on_dead)
         rows = [row for row in rows if row[0] not in dead]
     if rows:
         conn.execute(
@@ -142,6 +174,24 @@ def _lease(
         for row in rows
     ]
     return Claimed(deliveries, lost)
+
+
+def _report_dead(conn: sqlite3.Connection, rows: Sequence[Sequence[Any]], on_dead: OnDead) -> None:
+    """Store `on_dead`'s report of each delivery of `rows`, dead-lettered by this claim (its
+    lost attempt dated when its lease ran out; the report due and created then)."""
+    for row in rows:
+        delivery = Delivery(
+            id=row[0],
+            subscriber_id=row[1],
+            attempts=row[2],  # before the lost one: the report counts it
+            schedule_from=row[11],
+            lease_token="",
+            event=Event(row[3], row[4], row[5], float(row[6]), row[7], jsontext.loads(row[8])),
+        )
+        attempt = lost_attempt(float(row[10]))
+        report = on_dead(delivery, attempt)
+        if report is not None:
+            insert_report(conn, report, at=attempt.attempted_at)
 
 
 def _count_lost(
@@ -195,7 +245,9 @@ def finish_attempts(
     items: Sequence[tuple[Delivery, Attempt, AttemptOutcome]], conn: sqlite3.Connection
 ) -> list[bool]:
     """Record a batch of attempts and release their leases; False for each delivery whose
-    lease was lost (its attempt is not recorded). Two statements whatever the batch size."""
+    lease was lost (its attempt is not recorded). Two statements whatever the batch size,
+    and the report of each outcome that has one and was recorded (due at its attempt's
+    time)."""
     if len({d.id for d, _, _ in items}) < len(items):
         # a stale copy of a delivery given out again: only the lease holder's copy may count
         return [kept for item in items for kept in finish_attempts([item], conn)]
@@ -240,4 +292,7 @@ def finish_attempts(
                 ),
             ),
         )
+    for _, tried, outcome in (item for item in items if item[0].id in kept_ids):
+        if outcome.report is not None:  # in the same transaction as the attempt it reports
+            insert_report(conn, outcome.report, at=tried.attempted_at)
     return [d.id in kept_ids for d, _, _ in items]

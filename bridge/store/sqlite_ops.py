@@ -10,14 +10,22 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bridge.models import Attempt, DeliveryState, DeliveryView, Event, Replayed
-from bridge.store.base import PURGED_UP_TO, FeedPage
-
-_VIEW_COLUMNS = (
-    "SELECT d.id, e.id, e.type, d.subscriber_id, d.state, d.attempts, d.next_attempt_at,"
-    " e.record_id, d.created_at, d.updated_at FROM deliveries d JOIN events e"
-    " ON e.seq = d.event_seq"
+from bridge.models import (
+    Attempt,
+    DeliveryFilter,
+    DeliveryState,
+    DeliveryView,
+    Event,
+    Replayed,
+    Report,
 )
+from bridge.store import filters
+from bridge.store.base import PURGED_UP_TO, FeedPage, SubscriberHealth
+from bridge.store.claims_common import storable
+from bridge.store.sqlite_scan import insert_report
+
+_VIEW_COLUMNS = filters.VIEW_COLUMNS
+DIALECT = filters.Dialect("?")
 REPLAY_CHUNK = 500
 
 
@@ -47,27 +55,10 @@ def view(conn: sqlite3.Connection, row: Sequence[Any]) -> DeliveryView:
 
 
 def list_deliveries(
-    conn: sqlite3.Connection,
-    state: DeliveryState | None,
-    subscriber: str | None,
-    limit: int,
-    before: int | None,
+    conn: sqlite3.Connection, where: DeliveryFilter, limit: int, before: int | None
 ) -> list[DeliveryView]:
-    where: list[str] = []
-    params: list[Any] = []
-    if state is not None:
-        where.append("d.state = ?")
-        params.append(state.value)
-    if subscriber is not None:
-        where.append("d.subscriber_id = ?")
-        params.append(subscriber)
-    if before is not None:
-        where.append("d.id < ?")
-        params.append(before)
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
-    rows = conn.execute(
-        f"{_VIEW_COLUMNS} {clause} ORDER BY d.id DESC LIMIT ?", [*params, limit]
-    ).fetchall()
+    sql, params = filters.listing(DIALECT, where, before=before)
+    rows = conn.execute(sql, [*params, limit]).fetchall()
     return [view(conn, row) for row in rows]
 
 
@@ -77,7 +68,11 @@ def get_delivery(conn: sqlite3.Connection, delivery_id: int) -> DeliveryView | N
 
 
 def list_events(
-    conn: sqlite3.Connection, event_type: str | None, limit: int, before: str | None
+    conn: sqlite3.Connection,
+    event_type: str | None,
+    limit: int,
+    before: str | None,
+    record_id: str | None = None,
 ) -> list[Event] | None:
     where: list[str] = []
     params: list[Any] = []
@@ -90,6 +85,9 @@ def list_events(
     if event_type is not None:
         where.append("type = ?")
         params.append(event_type)
+    if record_id is not None:  # the index events_record (record_id, seq)
+        where.append("record_id = ?")
+        params.append(record_id)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     rows = conn.execute(
         "SELECT id, type, record_id, occurred_at, previous_status, data FROM events"
@@ -138,6 +136,18 @@ def retry(conn: sqlite3.Connection, delivery_id: int, now: float) -> DeliverySta
             (now, now, delivery_id),
         )
     return state
+
+
+def retry_failed(
+    conn: sqlite3.Connection, where: DeliveryFilter, now: float, subscribers: Sequence[str]
+) -> int:
+    """`retry` every dead letter of `subscribers` `where` matches (its `state` ignored), in
+    one statement."""
+    found = filters.retrying(DIALECT, where, now=now, subscribers=subscribers)
+    if found is None:
+        return 0
+    sql, params = found
+    return len(conn.execute(sql, params).fetchall())
 
 
 def replay(
@@ -197,3 +207,43 @@ def count_deliveries(conn: sqlite3.Connection) -> dict[DeliveryState, int]:
     for state, n in conn.execute("SELECT state, SUM(n) FROM delivery_counts GROUP BY state"):
         counts[DeliveryState(state)] = n
     return counts
+
+
+def set_subscriber_health(
+    conn: sqlite3.Connection,
+    subscriber_id: str,
+    health: SubscriberHealth,
+    keep_disabled: bool,
+    report: Report | None,
+) -> bool:
+    """Record `health` (with `keep_disabled`, a stored disable and its reason stay) and, when
+    this write disables a subscriber the store had enabled (no row, or not disabled), store
+    `report`, due and created at `health.disabled_at` (the caller holds the transaction:
+    one writer at a time, so two writes disabling it store one report). Whether `report`
+    was stored."""
+    was_enabled = True
+    if report is not None and health.disabled_at is not None:
+        row = conn.execute(
+            "SELECT disabled_at FROM subscriber_health WHERE id = ?", (subscriber_id,)
+        ).fetchone()
+        was_enabled = row is None or row[0] is None
+    conn.execute(
+        "INSERT INTO subscriber_health (id, failing_since, disabled_at, reason)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+        " failing_since = excluded.failing_since, disabled_at = CASE WHEN ?"
+        " AND subscriber_health.disabled_at IS NOT NULL"
+        " THEN subscriber_health.disabled_at ELSE excluded.disabled_at END,"
+        " reason = CASE WHEN ? AND subscriber_health.disabled_at IS NOT NULL"
+        " THEN subscriber_health.reason ELSE excluded.reason END",
+        (
+            subscriber_id,
+            health.failing_since,
+            health.disabled_at,
+            storable(health.reason),
+            keep_disabled,
+            keep_disabled,
+        ),
+    )
+    if report is not None and health.disabled_at is not None and was_enabled:
+        return insert_report(conn, report, at=health.disabled_at)[1]
+    return False

@@ -1,11 +1,14 @@
 """A scan's writes on the SQLite store: record states, events and their deliveries, gone
-records, service state. One function of a connection, run inside one transaction."""
+records, service state. One function of a connection, run inside one transaction; the
+insertion of events and their deliveries is also how the bridge's reports are stored."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 
+from bridge.models import Event, Report
 from bridge.store.base import Committed, ScanCommit
 
 
@@ -31,9 +34,24 @@ def commit_scan(commit: ScanCommit, conn: sqlite3.Connection) -> Committed:
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
+    created, recorded = insert_events(conn, commit.events, due_at=commit.now, at=commit.now)
+    return Committed(created, forgotten, recorded)
+
+
+def insert_events(
+    conn: sqlite3.Connection,
+    events: Sequence[tuple[Event, Sequence[str]]],
+    *,
+    due_at: float,
+    at: float,
+) -> tuple[int, frozenset[str]]:
+    """Record `events` (in order), each with a pending delivery to each of its subscribers,
+    due at `due_at` and created at `at`; an event whose id is recorded already is skipped
+    with its deliveries. Returns the deliveries created and the ids of the events recorded.
+    Scans and the bridge's reports (`insert_report`) go through here."""
     created = 0
     recorded: set[str] = set()
-    for event, subscribers in commit.events:
+    for event, subscribers in events:
         cur = conn.execute(
             "INSERT INTO events (id, type, record_id, occurred_at, previous_status, data) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
@@ -50,14 +68,22 @@ def commit_scan(commit: ScanCommit, conn: sqlite3.Connection) -> Committed:
             continue  # the same event id was recorded before: never deliver it twice
         recorded.add(event.id)
         seq = cur.lastrowid
-        for sub in subscribers:
-            conn.execute(
-                "INSERT INTO deliveries (event_seq, subscriber_id, state, next_attempt_at,"
-                " created_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?)",
-                (seq, sub, commit.now, commit.now, commit.now),
-            )
-            created += 1
-    return Committed(created, forgotten, frozenset(recorded))
+        conn.executemany(
+            "INSERT INTO deliveries (event_seq, subscriber_id, state, next_attempt_at,"
+            " created_at, updated_at) VALUES (?, ?, 'pending', ?, ?, ?)",
+            [(seq, sub, due_at, at, at) for sub in subscribers],
+        )
+        created += len(subscribers)
+    return created, frozenset(recorded)
+
+
+def insert_report(conn: sqlite3.Connection, report: Report, *, at: float) -> tuple[int, bool]:
+    """Store the bridge's `report` (its event, a delivery due `at` to each of its targets)
+    unless its event id is recorded already. Returns the deliveries created and whether it
+    was stored."""
+    targets = list(dict.fromkeys(report.targets))  # a target named twice: one delivery
+    created, recorded = insert_events(conn, [(report.event, targets)], due_at=at, at=at)
+    return created, bool(recorded)
 
 
 def _forget(conn: sqlite3.Connection, commit: ScanCommit) -> list[str]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-
-from bridge.models import DeliveryView
+from datetime import datetime
+from typing import Any
 
 MINUTES = 60
 WIDTH, HEIGHT = 600, 120
@@ -35,21 +35,38 @@ class Chart:
     bar_width: float = BAR - 1
 
 
-def per_minute(deliveries: Iterable[DeliveryView], now: float) -> Chart:
-    """Every attempt in the last hour of `deliveries`, counted by minute: a 2xx answer is
-    delivered, anything else (another status, no answer) a failure."""
+Attempt = tuple[float, int | None]  # when (unix seconds), the status code (None: no answer)
+
+
+def _seconds(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def attempts_of(deliveries: Iterable[Mapping[str, Any]]) -> list[Attempt]:
+    """The attempts of deliveries as `ops.deliveries` shows them: every attempt when the
+    view lists them (`attempts`), else the last one."""
+    found: list[Attempt] = []
+    for view in deliveries:
+        listed = view.get("attempts")
+        if listed is None:
+            listed = [view["last_attempt"]] if view.get("last_attempt") else []
+        found += [(_seconds(a["attempted_at"]), a["status_code"]) for a in listed]
+    return found
+
+
+def per_minute(attempts: Iterable[Attempt], now: float) -> Chart:
+    """Every attempt in the last hour, counted by minute: a 2xx answer is delivered,
+    anything else (another status, no answer) a failure."""
     ok = [0] * MINUTES
     failed = [0] * MINUTES
-    for view in deliveries:
-        for att in view.history:
-            ago = int((now - att.attempted_at) // 60)
-            if not 0 <= ago < MINUTES:
-                continue
-            code = att.status_code
-            if code is not None and 200 <= code < 300:
-                ok[ago] += 1
-            else:
-                failed[ago] += 1
+    for attempted_at, code in attempts:
+        ago = int((now - attempted_at) // 60)
+        if not 0 <= ago < MINUTES:
+            continue
+        if code is not None and 200 <= code < 300:
+            ok[ago] += 1
+        else:
+            failed[ago] += 1
     peak = max([a + b for a, b in zip(ok, failed, strict=True)] + [1])
     bars = []
     for ago in range(MINUTES):

@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from playwright.async_api import expect
 
-from bridge.models import DeliveryState
-from bridge.ui import routes
+from bridge.models import DeliveryFilter, DeliveryState
+from bridge.ui import pages
 from tests.browser.conftest import TOKEN, Dashboard
 from tests.integration.helpers import drive
 
@@ -26,7 +26,15 @@ async def log_in(board: Dashboard) -> None:
 
 
 async def deliver(board: Dashboard) -> int:
+    """Run the dispatcher once on the fake clock. Call it with no live page open: `drive`
+    jumps to every sleeper's wake-up, the event stream's heartbeat too."""
     return await drive(board.clock, board.svc.dispatcher.drain_once())
+
+
+async def leave_live_page(board: Dashboard) -> None:
+    """Close the page's event stream (a live page's), so `deliver` drives the dispatcher
+    alone."""
+    await board.page.goto("about:blank")
 
 
 async def test_login_refuses_a_wrong_token_then_shows_the_overview(board: Dashboard) -> None:
@@ -88,7 +96,7 @@ async def test_a_failed_delivery_shows_its_attempts_and_a_retry_delivers_it(
     for _ in range(5):
         await deliver(board)
         await board.clock.advance(2)
-    failed = await board.svc.store.list_deliveries(state=DeliveryState.FAILED)
+    failed = await board.svc.store.list_deliveries(where=DeliveryFilter(state=DeliveryState.FAILED))
     assert len(failed) == 1
     did = failed[0].id
 
@@ -126,7 +134,7 @@ async def test_disable_and_enable_a_subscriber(board: Dashboard) -> None:
     await page.get_by_role("button", name="Disable rx").click()
     await expect(page.get_by_role("status")).to_have_text("Subscriber rx disabled")
     await expect(row.locator(".state")).to_have_text("disabled")
-    await expect(row).to_contain_text("operator (dashboard)")
+    await expect(row).to_contain_text("disabled through the dashboard")
     assert board.svc.dispatcher.health("rx").disabled_at is not None
     await board.shot("disabled")
     await board.goto("/ui/", "overview-disabled")
@@ -157,17 +165,19 @@ async def test_search_events_and_replay(board: Dashboard) -> None:
     await expect(page.locator("#events")).not_to_contain_text(records[1]["id"])
     await board.shot("search")
 
-    await page.get_by_label("Since").fill("2000-01-01T00:00:00Z")
+    await page.get_by_label("Since (ISO 8601").fill("2000-01-01T00:00:00Z")
     await page.get_by_label("Subscriber (optional)").select_option("rx")
     await page.get_by_role("button", name="Replay").click()
     await expect(page.get_by_role("status")).to_have_text(
         re.compile(r"Replayed \d+ events: 2 deliveries queued")
     )
     await board.shot("replayed")
+    await leave_live_page(board)
     assert await deliver(board) == 2
+    await board.goto("/ui/events", "after-replay")
     assert len(board.rx.requests) == 4
 
-    await page.get_by_label("Since").fill("yesterday")
+    await page.get_by_label("Since (ISO 8601").fill("yesterday")
     await page.get_by_role("button", name="Replay").click()
     await expect(page.get_by_role("alert")).to_contain_text("not an ISO 8601 time")
 
@@ -180,7 +190,7 @@ async def test_pages_fit_a_phone(board: Dashboard) -> None:
     await log_in(board)
     page = board.page
     await page.set_viewport_size({"width": 375, "height": 800})
-    first = (await board.svc.store.list_deliveries(limit=1))[0].id
+    first = (await board.svc.ops.deliveries(DeliveryFilter(), limit=1))["deliveries"][0]["id"]
     for path in [*PAGES, f"/ui/deliveries/{first}"]:
         await board.goto(path, f"phone-{path}")
         width = await page.evaluate("document.body.scrollWidth")
@@ -219,7 +229,7 @@ async def test_without_a_token_loopback_only_and_no_login(board: Dashboard) -> N
 async def test_deliveries_are_paged_and_filtered(
     board: Dashboard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(routes, "PAGE", 2)
+    monkeypatch.setattr(pages, "PAGE", 2)
     board.sim.add_records(3, status="success")
     await board.svc.poller.tick()
     assert await deliver(board) == 3
@@ -234,6 +244,6 @@ async def test_deliveries_are_paged_and_filtered(
     await expect(page.get_by_role("link", name="Older deliveries")).to_have_count(0)
     await board.shot("page-2")
     await page.get_by_label("State").select_option("failed")
-    await page.get_by_role("button", name="Filter").click()
+    await page.get_by_role("button", name="Filter", exact=True).click()
     await expect(rows).to_have_text(["No deliveries."])
     assert "state=failed" in page.url

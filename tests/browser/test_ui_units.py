@@ -9,23 +9,35 @@ from aiohttp.test_utils import make_mocked_request
 from pydantic import SecretStr
 
 from bridge.config import AdminConfig
-from bridge.models import Attempt, DeliveryState, DeliveryView
-from bridge.ui.chart import per_minute
-from bridge.ui.routes import templates
+from bridge.errors import ConflictError, GoneError, NotFoundError, RequestError
+from bridge.models import DeliveryFilter, iso_utc
+from bridge.params import parse_filter
+from bridge.ui.chart import attempts_of, per_minute
+from bridge.ui.pages import deliveries_url, filter_fields
+from bridge.ui.render import templates
 from bridge.ui.session import Sessions, refusal, token_matches
 
 NOW = 1_800_000_000.0
 
 
-def view(*attempts: tuple[float, int | None]) -> DeliveryView:
-    history = tuple(Attempt(NOW - ago, code, 5.0, None, "") for ago, code in attempts)
-    return DeliveryView(
-        1, "evt_1", "denoise.completed", "rx", DeliveryState.FAILED, 1, None, history
-    )
+def attempt(ago: float, code: int | None) -> dict[str, object]:
+    return {"attempted_at": iso_utc(NOW - ago), "status_code": code}
+
+
+def test_chart_reads_the_attempts_of_delivery_views() -> None:
+    listed = {"attempts": [attempt(10, 200), attempt(20, 500)], "last_attempt": attempt(20, 500)}
+    last_only = {"last_attempt": attempt(70, None)}
+    never = {"last_attempt": None}
+    assert attempts_of([listed, last_only, never]) == [
+        (NOW - 10, 200),
+        (NOW - 20, 500),
+        (NOW - 70, None),
+    ]
 
 
 def test_chart_counts_attempts_of_the_last_hour_by_minute_and_outcome() -> None:
-    chart = per_minute([view((10, 200), (20, 500), (30, None)), view((70, 204), (3601, 200))], NOW)
+    found = [(NOW - 10, 200), (NOW - 20, 500), (NOW - 30, None), (NOW - 70, 204)]
+    chart = per_minute([*found, (NOW - 3601, 200)], NOW)
     assert (chart.ok_total, chart.failed_total, chart.peak) == (2, 2, 3)
     newest, older = chart.bars[0], chart.bars[1]
     assert (newest.minute, newest.ok, newest.failed) == (0, 1, 2)
@@ -81,6 +93,25 @@ def test_templates_escape_every_value() -> None:
             logged_in=False,
             notice=None,
             error=None,
+            live=None,
         )
     )
     assert "<script>alert" not in html and "&lt;script&gt;" in html
+
+
+def test_operation_errors_keep_their_status() -> None:
+    assert NotFoundError("no delivery 9").status == 404
+    assert ConflictError("delivered").status == 409
+    assert GoneError("cursor").status == 410
+    assert RequestError("since: bad").status == 400
+
+
+def test_the_filter_goes_back_into_the_url_in_utc() -> None:
+    raw = {"state": "failed", "subscriber": "", "type": "", "record": "", "since": "", "until": ""}
+    raw["since"] = "2026-11-24T10:00:00+02:00"
+    where = parse_filter(lambda key: raw[key] or None)
+    fields = filter_fields(where, raw)
+    assert fields["since"] == "2026-11-24T08:00"  # as a datetime-local input shows it, UTC
+    url = deliveries_url(fields, before=7)
+    assert url == "/ui/deliveries?state=failed&since=2026-11-24T08%3A00&before=7"
+    assert deliveries_url(filter_fields(DeliveryFilter(), {})) == "/ui/deliveries"

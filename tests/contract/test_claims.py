@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bridge.models import DeliveryState
+from bridge.models import DeliveryFilter, DeliveryState
 from bridge.store.base import ScanCommit, Store
 from tests.contract.conftest import (
     DEAD,
@@ -34,7 +34,7 @@ async def test_a_claim_leases_and_a_second_claim_gets_nothing(store: Store) -> N
     stale = next(d for d in first if d.subscriber_id == "a")
     assert not await store.finish_attempt(stale, attempt(72.0, 200), DONE)
     assert await store.finish_attempt(again[0], attempt(72.0, 200), DONE)
-    [view] = await store.list_deliveries(subscriber="a")
+    [view] = await store.list_deliveries(where=DeliveryFilter(subscriber="a"))
     assert view.state is DeliveryState.DELIVERED
 
 
@@ -130,11 +130,11 @@ async def test_attempts_are_recorded_and_the_retry_time_respected(store: Store) 
     assert d2.id == d.id and d2.attempts == 1 and d2.event == d.event
     assert d2.lease_token != d.lease_token
     assert await store.finish_attempt(d2, attempt(15.0, 200), DONE)
-    [view] = await store.list_deliveries(subscriber="a")
+    [view] = await store.list_deliveries(where=DeliveryFilter(subscriber="a"))
     assert view.state is DeliveryState.DELIVERED and view.attempts == 2
     assert view.next_attempt_at is None
     assert [a.status_code for a in view.history] == [500, 200]
-    assert await store.list_deliveries(state=DeliveryState.FAILED) == []
+    assert await store.list_deliveries(where=DeliveryFilter(state=DeliveryState.FAILED)) == []
     assert await store.next_due_at(["a"]) is None
     assert await store.claim_due(now=99.0, limit=1, lease_s=60, subscribers=["a"]) == []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bridge.models import Attempt, DeliveryState, Replayed
+from bridge.models import Attempt, DeliveryFilter, DeliveryState, Replayed
 from bridge.store.base import Store
 from tests.contract.conftest import (
     DEAD,
@@ -100,7 +100,7 @@ async def test_a_removed_subscribers_deliveries_are_set_aside_and_come_back(
     assert await store.reconcile_subscribers(["a", "c"], now=2.0) == (1, 0)
     await assert_counts(store, {P: 2, D: 1, ORPH: 1})
     assert (await store.counts_by_subscriber())["b"] == {P: 0, D: 1, F: 0, ORPH: 1}
-    [orphan] = await store.list_deliveries(state=ORPH)
+    [orphan] = await store.list_deliveries(where=DeliveryFilter(state=ORPH))
     assert (orphan.subscriber_id, orphan.event_id, orphan.next_attempt_at) == ("b", "evt_2", None)
     # never claimed, never due
     assert await store.claim_due(now=9.0, limit=10, lease_s=60, subscribers=["b"]) == []

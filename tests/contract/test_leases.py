@@ -8,7 +8,15 @@ import asyncio
 
 import pytest
 
-from bridge.models import Attempt, Delivery, DeliveryState
+from bridge.models import (
+    DEAD_LETTERED,
+    Attempt,
+    Delivery,
+    DeliveryFilter,
+    DeliveryState,
+    Event,
+    Report,
+)
 from bridge.store.base import AttemptOutcome, Store
 from bridge.store.claims_common import LOST_ATTEMPT
 from tests.contract.conftest import DEAD, DONE, OpenStore, attempt, enqueue, event, later
@@ -46,7 +54,7 @@ async def test_a_delivery_whose_worker_always_dies_is_dead_lettered_after_every_
     ]
     assert given[3][0] == 90.0 and given[4][0] in (120.0, 150.0)
     assert [at for at, _, _ in given[4:]] == [given[4][0] + i * LEASE_S for i in range(4)]
-    dead = await store.list_deliveries(state=DeliveryState.FAILED)
+    dead = await store.list_deliveries(where=DeliveryFilter(state=DeliveryState.FAILED))
     assert [(d.event_id, d.attempts, d.next_attempt_at) for d in dead] == [
         ("evt_2", 4, None),
         ("evt_1", 4, None),
@@ -54,7 +62,7 @@ async def test_a_delivery_whose_worker_always_dies_is_dead_lettered_after_every_
     # each lost attempt is dated when its lease ran out
     assert dead[1].history == tuple(lost(at + LEASE_S) for at, _, _ in given[:4])
     assert dead[0].history == tuple(lost(at + LEASE_S) for at, _, _ in given[4:])
-    assert await store.list_deliveries(state=DeliveryState.PENDING) == []
+    assert await store.list_deliveries(where=DeliveryFilter(state=DeliveryState.PENDING)) == []
     assert await store.next_due_at(["a"]) is None
 
 
@@ -179,7 +187,7 @@ async def test_a_batch_records_each_attempt_exactly_and_refuses_lost_leases(
         store.finish_attempt(held[2], third, AttemptOutcome(DeliveryState.FAILED)),
     )
     assert list(results) == [False, True, True]
-    views = {v.id: v for v in await store.list_deliveries(subscriber="a")}
+    views = {v.id: v for v in await store.list_deliveries(where=DeliveryFilter(subscriber="a"))}
     assert views[held[0].id].state is DeliveryState.PENDING
     # the expired lease counted as an attempt (dated when it ran out); the late result did not
     assert views[held[0].id].history == (lost(15.0),) and taken.attempts == 1
@@ -205,7 +213,7 @@ async def test_a_stale_copy_in_the_same_batch_as_the_lease_holder_is_refused(
         store.finish_attempt(holder, attempt(17.0), later(20.0)),
     )
     assert list(results) == [False, True]
-    [view] = await store.list_deliveries(subscriber="a")
+    [view] = await store.list_deliveries(where=DeliveryFilter(subscriber="a"))
     # the stale copy's run ended with no outcome recorded: counted once, by the second claim
     assert view.state is DeliveryState.PENDING and view.attempts == 2
     assert view.history == (lost(15.0), attempt(17.0))
@@ -225,3 +233,70 @@ async def test_a_lease_taken_by_another_store_fences_this_one(
     view = await store.get_delivery(mine.id)
     assert view is not None and view.state is DeliveryState.DELIVERED
     assert view.history == (lost(15.0), attempt(16.0, 200))
+
+
+@pytest.mark.parametrize("lanes", [True, False], ids=["claim_lanes", "claim_due"])
+async def test_a_claim_that_dead_letters_a_lost_delivery_stores_its_report(
+    open_store: OpenStore, lanes: bool
+) -> None:
+    store = await open_store(max_attempts=2)
+    await enqueue(store, 0.0, event(1), event(2, "r2"), to=("a",))
+    asked: dict[int, tuple[Delivery, Attempt]] = {}  # pure: it may be asked again
+
+    def on_dead(delivery: Delivery, tried: Attempt) -> Report | None:
+        asked[delivery.id] = (delivery, tried)
+        if delivery.event.id == "evt_2":
+            return None  # e.g. a `bridge.*` event's: nothing to report
+        rid = f"delivery:{delivery.id}"
+        data = {"attempts": delivery.attempts + 1, "error": tried.error}
+        return Report(
+            Event(f"rpt_{delivery.id}", DEAD_LETTERED, rid, tried.attempted_at, None, data),
+            ("ops",),
+        )
+
+    async def claim_with(now: float) -> list[Delivery]:
+        if lanes:
+            return await store.claim_lanes(
+                now=now, lease_s=LEASE_S, rooms=[("a", 2)], on_dead=on_dead
+            )
+        return await store.claim_due(
+            now=now, limit=2, lease_s=LEASE_S, subscribers=["a"], on_dead=on_dead
+        )
+
+    first = await claim_with(0.0)
+    assert sorted(d.event.id for d in first) == ["evt_1", "evt_2"]
+    again = await claim_with(LEASE_S)  # both leases ran out: a lost attempt each, not the last
+    assert [d.attempts for d in again] == [1, 1] and asked == {}
+    assert await claim_with(2 * LEASE_S) == []  # and again: their last, dead-lettered
+    one = next(d for d in first if d.event.id == "evt_1")
+    # asked with the delivery as it was claimed (its event included) and the lost attempt
+    assert sorted((d.id, d.event, d.attempts, t) for d, t in asked.values()) == sorted(
+        (d.id, d.event, 1, lost(2 * LEASE_S)) for d in first
+    )
+    assert asked[one.id][0].event.data == one.event.data
+    # stored with the dead letter: its event on the feed, a delivery to its target due at once
+    [stored] = await store.list_events(record_id=f"delivery:{one.id}") or []
+    assert (stored.id, stored.type, stored.occurred_at) == (
+        f"rpt_{one.id}",
+        DEAD_LETTERED,
+        2 * LEASE_S,
+    )
+    assert stored.data == {"attempts": 2, "error": LOST_ATTEMPT}
+    [queued] = await store.list_deliveries(where=DeliveryFilter(subscriber="ops"))
+    assert (queued.event_id, queued.state) == (f"rpt_{one.id}", DeliveryState.PENDING)
+    assert queued.next_attempt_at is not None and queued.next_attempt_at <= 2 * LEASE_S
+    [report] = await store.claim_due(now=2 * LEASE_S, limit=5, lease_s=LEASE_S, subscribers=["ops"])
+    assert report.event.id == f"rpt_{one.id}"
+    page = await store.events_after(after_seq=None, limit=10)
+    assert [e.id for _, e in page.events] == ["evt_1", "evt_2", f"rpt_{one.id}"]
+    dead = await store.list_deliveries(where=DeliveryFilter(state=DeliveryState.FAILED))
+    assert sorted(d.event_id for d in dead) == ["evt_1", "evt_2"]
+
+
+async def test_a_claim_without_on_dead_reports_nothing(open_store: OpenStore) -> None:
+    store = await open_store(max_attempts=1)
+    await enqueue(store, 0.0, event(1), to=("a",))
+    assert len(await claim(store, 0.0)) == 1
+    assert await claim(store, LEASE_S) == []  # dead-lettered, nothing to report
+    page = await store.events_after(after_seq=None, limit=10)
+    assert [e.id for _, e in page.events] == ["evt_1"]

@@ -12,6 +12,7 @@ from bridge.models import (
     FAILED_EVENT,
     PROGRESS,
     Attempt,
+    DeliveryFilter,
     DeliveryState,
     DeliveryView,
     Event,
@@ -48,16 +49,27 @@ async def test_deliveries_are_listed_newest_first_filtered_and_paged(store: Stor
     )
     assert (waiting.created_at, waiting.history) == (20.0, ())
     # filters
-    assert await store.list_deliveries(state=DeliveryState.DELIVERED) == [done]
-    assert await store.list_deliveries(state=DeliveryState.ORPHANED) == []
-    assert [v.event_id for v in await store.list_deliveries(subscriber="a")] == [
+    assert await store.list_deliveries(where=DeliveryFilter(state=DeliveryState.DELIVERED)) == [
+        done
+    ]
+    assert await store.list_deliveries(where=DeliveryFilter(state=DeliveryState.ORPHANED)) == []
+    assert [
+        v.event_id for v in await store.list_deliveries(where=DeliveryFilter(subscriber="a"))
+    ] == [
         "evt_3",
         "evt_2",
         "evt_1",
     ]
-    assert await store.list_deliveries(state=DeliveryState.FAILED, subscriber="b") == [dead]
-    assert await store.list_deliveries(state=DeliveryState.FAILED, subscriber="a") == []
-    assert await store.list_deliveries(subscriber="nobody") == []
+    assert await store.list_deliveries(
+        where=DeliveryFilter(state=DeliveryState.FAILED, subscriber="b")
+    ) == [dead]
+    assert (
+        await store.list_deliveries(
+            where=DeliveryFilter(state=DeliveryState.FAILED, subscriber="a")
+        )
+        == []
+    )
+    assert await store.list_deliveries(where=DeliveryFilter(subscriber="nobody")) == []
     # pages
     assert await store.list_deliveries(limit=2) == views[:2]
     assert await paged(store, 2) == views
@@ -76,7 +88,7 @@ async def paged(
     found: list[DeliveryView] = []
     before: int | None = None
     while page := await store.list_deliveries(
-        state=state, subscriber=subscriber, limit=size, before=before
+        where=DeliveryFilter(state=state, subscriber=subscriber), limit=size, before=before
     ):
         assert len(page) <= size
         found += page
@@ -99,11 +111,11 @@ async def test_one_delivery_with_its_attempts_in_order(store: Store) -> None:
     for at, tried, outcome in zip((11.0, 12.0, 13.0), tries, outcomes, strict=True):
         [d] = await store.claim_due(now=at, limit=1, lease_s=60, subscribers=["a"])
         assert await store.finish_attempt(d, tried, outcome)
-    [view] = await store.list_deliveries(subscriber="a")
+    [view] = await store.list_deliveries(where=DeliveryFilter(subscriber="a"))
     assert view.history == tuple(tries)
     assert (view.state, view.attempts, view.updated_at) == (DeliveryState.DELIVERED, 3, 13.0)
     assert await store.get_delivery(view.id) == view
-    [other] = await store.list_deliveries(subscriber="b")
+    [other] = await store.list_deliveries(where=DeliveryFilter(subscriber="b"))
     assert await store.get_delivery(other.id) == other
     assert await store.get_delivery(max(view.id, other.id) + 100) is None
 

@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bridge.config import Settings
-from bridge.models import DeliveryState, DeliveryView
+from bridge.models import DeliveryFilter, DeliveryState, DeliveryView
 from bridge.service import Service
 from bridge.sim.clock import FakeClock
 from bridge.sim.simulator import Simulator
@@ -416,7 +416,7 @@ async def test_dead_lettered_after_the_last_scheduled_attempt_whatever_the_fault
             assert await svc.dispatcher.drain_once() == 1
         await clock.advance(3600)
         assert await svc.dispatcher.drain_once() == 0
-        [listed] = await svc.store.list_deliveries(state=DeliveryState.FAILED)
+        [listed] = await svc.store.list_deliveries(where=DeliveryFilter(state=DeliveryState.FAILED))
         assert svc.dispatcher.active == ["rx"]
     view, health = await stored(tmp_path / "bridge.db")
     assert view.id == listed.id and view.state is DeliveryState.FAILED

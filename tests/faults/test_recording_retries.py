@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestServer
 from bridge.deliver.persist import WRITE_RETRY_S
 from bridge.errors import StoreError
 from bridge.logging import configure
-from bridge.models import Attempt, Delivery, DeliveryState
+from bridge.models import Attempt, Delivery, DeliveryState, Report
 from bridge.service import Service
 from bridge.sim.clock import FakeClock
 from bridge.sim.simulator import Simulator
@@ -45,10 +45,17 @@ class FlakyStore(SqliteStore):
         return await super().finish_attempt(delivery, attempt, outcome)
 
     async def set_subscriber_health(
-        self, subscriber_id: str, health: SubscriberHealth, *, keep_disabled: bool = False
-    ) -> None:
+        self,
+        subscriber_id: str,
+        health: SubscriberHealth,
+        *,
+        keep_disabled: bool = False,
+        report: Report | None = None,
+    ) -> bool:
         self._fail("set_subscriber_health")
-        await super().set_subscriber_health(subscriber_id, health, keep_disabled=keep_disabled)
+        return await super().set_subscriber_health(
+            subscriber_id, health, keep_disabled=keep_disabled, report=report
+        )
 
 
 async def one_attempt_on_a_flaky_store(

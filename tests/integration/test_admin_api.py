@@ -300,7 +300,7 @@ async def test_enabling_a_subscriber_paused_in_config_is_a_conflict(world: World
 async def test_subscriber_actions_on_an_unknown_id_are_404(world: World, action: str) -> None:
     async with running(world.settings(), world.clock) as (_, http):
         message = await fails(http, "POST", f"/api/subscribers/nobody/{action}", 404, "'nobody'")
-        assert message == "no subscriber 'nobody'"
+        assert message == "subscriber: no subscriber 'nobody' (known: rx)"
     assert world.rx.requests == []
 
 
@@ -501,7 +501,14 @@ async def test_deliveries_paginate_with_before(world: World) -> None:
         ("before=0", ("before", "'0'")),
         ("before=-3", ("before", "'-3'")),
         ("before=%C2%B2", ("before", "'²'")),
-        ("status=failed", ("status", "unknown parameter", "state, subscriber, limit, before")),
+        (
+            "status=failed",
+            (
+                "status",
+                "unknown parameter",
+                "state, subscriber, type, record, since, until, limit, before",
+            ),
+        ),
     ],
 )
 async def test_deliveries_bad_parameters(world: World, query: str, names: tuple[str, ...]) -> None:

@@ -154,7 +154,7 @@ async def test_subscribers_list_disable_enable(rig: Rig) -> None:
 
     for action in ("enable", "disable", "test"):
         missing = await post_json(rig.http, f"/api/subscribers/nobody/{action}", 404)
-        assert missing == {"error": "no subscriber 'nobody'"}
+        assert missing == {"error": "subscriber: no subscriber 'nobody' (known: rx)"}
 
 
 async def test_enabling_a_subscriber_paused_in_config_conflicts(
@@ -335,7 +335,7 @@ async def test_replay_bad_bodies(rig: Rig, payload: Any, message: str) -> None:
 async def test_replay_unknown_subscriber_is_404(rig: Rig) -> None:
     payload = {"since": "2026-01-01", "subscriber": "nobody"}
     body = await post_json(rig.http, "/api/replay", 404, json=payload)
-    assert body == {"error": "subscriber: no subscriber 'nobody'"}
+    assert body == {"error": "subscriber: no subscriber 'nobody' (known: rx)"}
 
 
 async def test_unknown_query_parameters_are_refused(rig: Rig) -> None:

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
 from bridge.config import Settings
-from bridge.models import DeliveryState
+from bridge.models import DeliveryFilter, DeliveryState
 from bridge.service import Service
 from bridge.sim.clock import FakeClock
 from bridge.sim.simulator import Simulator
@@ -156,7 +156,7 @@ async def test_dead_letter_is_listed_and_requeued_with_the_same_id(
         await svc.dispatcher.drain_once()
         await clock.advance(1)
         await svc.dispatcher.drain_once()
-        [dead] = await svc.store.list_deliveries(state=DeliveryState.FAILED)
+        [dead] = await svc.store.list_deliveries(where=DeliveryFilter(state=DeliveryState.FAILED))
         assert await svc.store.retry(dead.id, now=clock.now()) is DeliveryState.FAILED
         assert await svc.store.retry(dead.id, now=clock.now()) is DeliveryState.PENDING
         await svc.dispatcher.drain_once()

@@ -12,9 +12,10 @@ from typing import Any
 from aiohttp import ClientResponse
 from pydantic import SecretStr
 
-from bridge.admin.feed import HEARTBEAT_S, decode, encode
+from bridge.admin.feed import HEARTBEAT_S
 from bridge.deliver.formats import standard_body
-from bridge.models import COMPLETED, FAILED_EVENT, Event, RecordState, event_id
+from bridge.models import COMPLETED, CREATED, FAILED_EVENT, Event, RecordState, event_id
+from bridge.ops.feed import decode, encode
 from bridge.store.base import ScanCommit
 from tests.integration import test_admin_api
 from tests.integration.test_admin_api import Client, World, call, deliver, fails, running
@@ -208,6 +209,25 @@ async def test_a_cursor_older_than_retention_is_410(world: World) -> None:
             "events"
         ] == kept
         assert (await call(http, "GET", f"/api/feed?after={last}"))["events"] == []
+
+
+async def test_with_every_event_purged_a_reader_without_cursor_is_not_sent_back_to_410(
+    world: World,
+) -> None:
+    world.sim.add_records(2, status="success")
+    async with running(world.settings(), world.clock) as (svc, http):
+        await svc.poller.tick()
+        assert await deliver(svc, world.clock) == 2
+        events, _ = await walk(http)
+        await world.clock.advance(100)
+        assert await svc.store.purge(now=world.clock.now(), retention_s=50) > 0
+        first = await call(http, "GET", "/api/feed")
+        assert first == {"events": [], "next": events[-1]["cursor"]}  # past the deleted ones
+        assert await call(http, "GET", f"/api/feed?after={first['next']}") == first
+        world.sim.add_records(1, status="success")
+        await svc.poller.tick()
+        after = await call(http, "GET", f"/api/feed?after={first['next']}")
+        assert [e["type"] for e in after["events"]] == [CREATED, COMPLETED]
 
 
 async def test_feed_tokens_read_the_feed_only(world: World) -> None:

@@ -7,7 +7,8 @@ import psycopg
 import pytest
 
 from bridge.config import Settings
-from bridge.ops import deliveries, status, status_text
+from bridge.models import ALL_DELIVERIES
+from bridge.ops.commands import deliveries, status, status_text
 from bridge.store.factory import build_store
 from bridge.store.look import look, store_line
 from tests.pgdb import fresh_schema, require_pg
@@ -38,7 +39,7 @@ async def test_commands_create_nothing_then_read_the_store(request: pytest.Fixtu
         report = await status(cfg)
         assert status_text(report, now=0.0)[0] == store_line(found)
         assert report["bridge"] == {"running": False, "leader": None, "leader_last_poll_at": None}
-        assert await deliveries(cfg, state=None, subscriber=None, limit=10) == {
+        assert await deliveries(cfg, where=ALL_DELIVERIES, limit=10) == {
             "deliveries": [],
             "next_before": None,
         }

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from bridge.config import Settings
 from bridge.errors import UpstreamUnavailable
-from bridge.models import DeliveryState, Record, event_id
+from bridge.models import DeliveryFilter, DeliveryState, Record, event_id
 from bridge.service import Service
 from bridge.sim.clock import FakeClock
 from bridge.sim.simulator import Simulator
@@ -208,7 +208,7 @@ async def test_dead_lettered_after_the_last_scheduled_attempt(
             assert await svc.dispatcher.drain_once() == 1
         await clock.advance(3600)
         assert await svc.dispatcher.drain_once() == 0
-        [view] = await svc.store.list_deliveries(state=DeliveryState.FAILED)
+        [view] = await svc.store.list_deliveries(where=DeliveryFilter(state=DeliveryState.FAILED))
     assert view.attempts == 3 and len(receiver.requests) == 3
 
 

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestServer
 
 from bridge.cli import main
 from bridge.config import load_settings
-from bridge.models import DeliveryState, iso_utc
+from bridge.models import DeliveryFilter, DeliveryState, iso_utc
 from bridge.service import Service
 from bridge.sim.clock import FakeClock
 from bridge.sim.simulator import Simulator
@@ -87,7 +87,7 @@ async def test_replay_reenqueues_stored_events_with_their_ids(
     assert "replayed 4 stored events: 2 deliveries queued" in capsys.readouterr().out
 
     async with Service(settings, clock=clock) as svc:
-        pending = await svc.store.list_deliveries(state=DeliveryState.PENDING)
+        pending = await svc.store.list_deliveries(where=DeliveryFilter(state=DeliveryState.PENDING))
         assert sorted((v.subscriber_id, v.event_type) for v in pending) == [
             ("late", "denoise.completed"),
             ("late", "denoise.completed"),

@@ -152,6 +152,14 @@ async def test_status_and_deliveries_of_a_stopped_bridge(
     code, out = await cli("deliveries", "--state", "delivered", "--json", "--config", str(config))
     assert code == 0 and json.loads(out) == api_delivered
     [row] = api_bad["deliveries"]
+    # the other filters reach the same operation (what each matches: tests/ops)
+    code, out = await cli(
+        "deliveries", "--record", job["id"], "--type", "denoise.completed",
+        "--since", "2000-01-01", "--until", "2999-01-01", "--json", "--config", str(config),
+    )  # fmt: skip
+    assert code == 0 and {d["record_id"] for d in json.loads(out)["deliveries"]} == {job["id"]}
+    code, out = await cli("deliveries", "--since", "2999-01-01", "--json", "--config", str(config))
+    assert code == 0 and json.loads(out)["deliveries"] == []
 
     code, out = await cli("deliveries", "--config", str(config))
     assert code == 0
@@ -174,6 +182,8 @@ async def test_deliveries_refuses_bad_parameters(tmp_path: Path) -> None:
         (["--state", "done"], "state: 'done' is not one of pending|delivered|failed|orphaned"),
         (["--limit", "0"], "limit: '0' is not an integer from 1 to 1000"),
         (["--limit", "many"], "limit: 'many' is not an integer from 1 to 1000"),
+        (["--since", "yesterday"], "since: 'yesterday' is not an ISO 8601 time"),
+        (["--type", "denoise.done"], "type: unknown event type 'denoise.done'"),
     ]:
         proc = await bridge_process(
             "deliveries", *args, "--config", str(config), stderr=asyncio.subprocess.PIPE

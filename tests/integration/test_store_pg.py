@@ -17,12 +17,21 @@ import pytest
 import structlog
 
 from bridge.errors import StoreError
-from bridge.models import Attempt, DeliveryState, Event, RecordState
+from bridge.models import (
+    DEAD_LETTERED,
+    Attempt,
+    Delivery,
+    DeliveryFilter,
+    DeliveryState,
+    Event,
+    RecordState,
+    Report,
+)
 from bridge.store.base import AttemptOutcome, ScanCommit, SubscriberHealth
 from bridge.store.factory import build_store
 from bridge.store.pg import PgStore
 from bridge.store.pg_probe import probe_pg
-from bridge.store.pg_schema import migrations
+from bridge.store.pg_schema import lock_key, migrations
 from bridge.store.pg_url import scrubbed
 from tests.conftest import make_secret
 from tests.integration.helpers import settings_for
@@ -287,7 +296,7 @@ async def test_nul_characters_from_outside_are_stored_as_u_fffd(pg: PgStore) -> 
     [stored] = await pg.list_events(event_type="type\x00") or []
     assert stored == Event("evt\ufffd", "type\ufffd", "r\ufffd", 1.0, "pend\ufffd", odd.data)
     assert await pg.list_events(before="evt\x00") == []
-    [view] = await pg.list_deliveries(subscriber="sub\x00")
+    [view] = await pg.list_deliveries(where=DeliveryFilter(subscriber="sub\x00"))
     assert (view.event_id, view.subscriber_id) == ("evt\ufffd", "sub\ufffd")
     # the same event again is recorded once
     assert (await pg.commit_scan(ScanCommit([], [(odd, ["sub\x00"])], now=2.0))).deliveries == 0
@@ -448,3 +457,137 @@ def test_the_scrubber_hides_user_info_and_password_parameters() -> None:
     for secret in ("us@er", "p@ss:word", "S3cretPW", "other one", "p%40ss", "us:pw"):
         assert secret not in shown
     assert "postgresql://db.example" in shown and "password=<redacted>" in shown
+
+
+async def test_reports_and_bulk_retries_wake_the_other_replicas(pg: PgStore, pg_url: str) -> None:
+    other = PgStore(pg_url, db_clock=False)
+    await other.open()
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    stop = asyncio.Event()
+    listening = asyncio.create_task(pg.listen(heard.put_nowait, stop))
+
+    async def next_ones(n: int) -> list[str]:
+        return sorted([await asyncio.wait_for(heard.get(), DEADLINE_S) for _ in range(n)])
+
+    def report(n: int, rid: str, targets: tuple[str, ...]) -> Report:
+        return Report(Event(f"rpt_{n}", DEAD_LETTERED, rid, 5.0, None, {}), targets)
+
+    try:
+        assert await asyncio.wait_for(heard.get(), DEADLINE_S) == "reconnected"
+        await other.commit_scan(
+            ScanCommit([], [(event(1), ["a"]), (event(2, "r2"), ["a"])], now=0.0)
+        )
+        assert await next_ones(2) == ["events", "outbox"]
+        one, two = await other.claim_due(now=1.0, limit=2, lease_s=60, subscribers=["a"])
+        # an attempt with a report: its deliveries are due and its event is on the feed
+        dead = AttemptOutcome(DeliveryState.FAILED, report=report(1, "delivery:1", ("ops",)))
+        assert await other.finish_attempt(one, Attempt(2.0, 500, 1.0, "HTTP 500", ""), dead)
+        assert await next_ones(2) == ["events", "outbox"]
+        # a report with no target: on the feed only
+        quiet = AttemptOutcome(DeliveryState.FAILED, report=report(2, "delivery:2", ()))
+        assert await other.finish_attempt(two, Attempt(2.0, 500, 1.0, "HTTP 500", ""), quiet)
+        assert await next_ones(1) == ["events"]
+        # a subscriber disabled, with its report
+        health = SubscriberHealth(failing_since=1.0, disabled_at=3.0, reason="gone")
+        await other.set_subscriber_health("a", health, report=report(3, "subscriber:a", ("ops",)))
+        assert await next_ones(3) == ["events", "health", "outbox"]
+        # a bulk retry that retried something; one that retried nothing says nothing
+        assert (
+            await other.retry_failed(DeliveryFilter(record_id="r1"), now=4.0, subscribers=["a"])
+            == 1
+        )
+        assert await next_ones(1) == ["outbox"]
+        assert (
+            await other.retry_failed(DeliveryFilter(record_id="r1"), now=4.0, subscribers=["a"])
+            == 0
+        )
+        await other.set_subscriber_health("a", health, report=report(4, "subscriber:a", ("ops",)))
+        assert await next_ones(1) == ["health"]  # already disabled: no report
+        assert heard.empty()
+    finally:
+        stop.set()
+        await asyncio.gather(listening, return_exceptions=True)
+        await other.close()
+
+
+async def test_reports_wait_for_the_scan_committing_and_come_after_it_on_the_feed(
+    pg: PgStore, pg_url: str
+) -> None:
+    """A report's event is numbered under the scan lock: while a scan's transaction holds it,
+    a report waits, so the feed never sees a lower seq appear after a higher one."""
+    await pg.commit_scan(ScanCommit([], [(event(1), ["a"])], now=0.0))
+    [held] = await pg.claim_due(now=1.0, limit=1, lease_s=60, subscribers=["a"])
+    outcome = AttemptOutcome(
+        DeliveryState.FAILED,
+        report=Report(Event("rpt_1", DEAD_LETTERED, "delivery:1", 2.0, None, {}), ("ops",)),
+    )
+    async with await psycopg.AsyncConnection.connect(pg_url) as scan:
+        await scan.execute(f"SELECT pg_advisory_xact_lock({lock_key('%s')})", ("scan",))
+        finishing = asyncio.create_task(
+            pg.finish_attempt(held, Attempt(2.0, 500, 1.0, "HTTP 500", ""), outcome)
+        )
+        await asyncio.sleep(0.3)
+        assert not finishing.done()  # waits for the scan's transaction
+        await scan.rollback()
+    assert await asyncio.wait_for(finishing, DEADLINE_S)
+    disabled = Report(Event("rpt_2", DEAD_LETTERED, "subscriber:a", 3.0, None, {}), ("ops",))
+    async with await psycopg.AsyncConnection.connect(pg_url) as scan:
+        await scan.execute(f"SELECT pg_advisory_xact_lock({lock_key('%s')})", ("scan",))
+        health = SubscriberHealth(failing_since=1.0, disabled_at=3.0, reason="gone")
+        disabling = asyncio.create_task(pg.set_subscriber_health("a", health, report=disabled))
+        await asyncio.sleep(0.3)
+        assert not disabling.done()
+        await scan.rollback()
+    await asyncio.wait_for(disabling, DEADLINE_S)
+    page = await pg.events_after(after_seq=None, limit=10)
+    assert [e.id for _, e in page.events] == ["evt_1", "rpt_1", "rpt_2"]
+
+
+async def test_a_claim_storing_a_dead_letters_report_waits_for_the_scan_committing(
+    pg_url: str,
+) -> None:
+    """A claim that dead-letters a delivery whose lease ran out stores its report under the
+    scan lock (taken first: the claim runs again with it), so the report comes after the
+    scan on the feed; a claim with nothing to report never waits for the lock."""
+    url = pg_url
+    pg = PgStore(url, max_attempts=1, db_clock=False)
+    await pg.open()
+    try:
+        await pg.commit_scan(ScanCommit([], [(event(1), ["a"]), (event(2, "r2"), ["b"])], now=0.0))
+        [held] = await pg.claim_due(now=1.0, limit=1, lease_s=10, subscribers=["a"])
+
+        def on_dead(delivery: Delivery, tried: Attempt) -> Report | None:
+            rid = f"delivery:{delivery.id}"
+            data = {"error": tried.error}
+            dead = Event("rpt_1", DEAD_LETTERED, rid, tried.attempted_at, None, data)
+            return Report(dead, ("ops",))
+
+        async with await psycopg.AsyncConnection.connect(url) as scan:
+            await scan.execute(f"SELECT pg_advisory_xact_lock({lock_key('%s')})", ("scan",))
+            # nothing lost: no report, no wait
+            [other] = await asyncio.wait_for(
+                pg.claim_lanes(now=20.0, lease_s=10, rooms=[("b", 1)], on_dead=on_dead),
+                DEADLINE_S,
+            )
+            assert other.event.id == "evt_2"
+            claiming = asyncio.create_task(
+                pg.claim_lanes(now=20.0, lease_s=10, rooms=[("a", 1)], on_dead=on_dead)
+            )
+            await asyncio.sleep(0.3)
+            assert not claiming.done()  # waits for the scan's transaction
+            await scan.execute(
+                "INSERT INTO events (id, type, record_id, occurred_at, previous_status,"
+                " data) VALUES ('evt_3', 'denoise.completed', 'r3', 3.0, NULL, '{}')"
+            )
+            await scan.commit()
+        assert await asyncio.wait_for(claiming, DEADLINE_S) == []
+        [view] = await pg.list_deliveries(where=DeliveryFilter(subscriber="a"))
+        assert (view.id, view.state) == (held.id, DeliveryState.FAILED)
+        page = await pg.events_after(after_seq=None, limit=10)
+        assert [e.id for _, e in page.events] == ["evt_1", "evt_2", "evt_3", "rpt_1"]
+        [report] = await pg.list_events(event_type=DEAD_LETTERED) or []
+        assert (report.record_id, report.occurred_at) == (f"delivery:{held.id}", 11.0)
+        [queued] = await pg.list_deliveries(where=DeliveryFilter(subscriber="ops"))
+        assert (queued.event_id, queued.state) == ("rpt_1", DeliveryState.PENDING)
+    finally:
+        await pg.close()

@@ -1,20 +1,24 @@
-"""The operator's read-only commands, `status` and `deliveries`: read the store directly (a
-running bridge or not) through the same store operations and JSON shapes as the admin API.
-Neither creates the store: a store that does not exist yet is reported as such."""
+"""The commands over the store (`status`, `deliveries`, `replay`), a running bridge or not,
+through the same operations and JSON shapes as the admin API. `status` and `deliveries`
+create nothing: a store that does not exist yet is reported as such."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import secrets
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 import aiohttp
 
-from bridge.admin import views
+from bridge.clock import SystemClock
 from bridge.config import Settings
-from bridge.models import DeliveryState
+from bridge.models import DeliveryFilter, DeliveryState, Replayed
+from bridge.ops import views
+from bridge.ops.core import Operations
 from bridge.redact import describe
 from bridge.store.base import SubscriberHealth
 from bridge.store.factory import build_store
@@ -28,23 +32,44 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-async def deliveries(
-    settings: Settings, *, state: DeliveryState | None, subscriber: str | None, limit: int
-) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def _operations(settings: Settings) -> AsyncIterator[Operations]:
+    """Operations over the store as it is: opened without migrating or creating anything."""
+    store = build_store(settings, migrate=False)
+    await store.open()
+    try:
+        yield Operations(settings, store, clock=SystemClock())
+    finally:
+        await store.close()
+
+
+async def deliveries(settings: Settings, *, where: DeliveryFilter, limit: int) -> dict[str, Any]:
     """What `GET /api/deliveries` answers for the same filter (no deliveries when the store
     does not exist yet)."""
     if not (await look(settings)).exists:
         return {"deliveries": [], "next_before": None}
-    store = build_store(settings, migrate=False)
+    async with _operations(settings) as ops:
+        return await ops.deliveries(where, limit=limit)
+
+
+async def replay(
+    settings: Settings, *, since: float, subscriber: str | None, event_type: str | None
+) -> Replayed:
+    """`replay`: through the store (created if need be); a running bridge sends them at its
+    next look."""
+    store = build_store(settings)
     await store.open()
     try:
-        found = await store.list_deliveries(state=state, subscriber=subscriber, limit=limit)
+        ops = Operations(settings, store, clock=SystemClock())
+        return await ops.replay(since=since, subscriber=subscriber, event_type=event_type)
     finally:
         await store.close()
-    return {
-        "deliveries": [views.delivery(d, with_attempts=False) for d in found],
-        "next_before": found[-1].id if len(found) == limit else None,
-    }
+
+
+async def send_test(settings: Settings, subscriber: str) -> dict[str, Any]:
+    """`send-test`: needs no store (none is opened)."""
+    ops = Operations(settings, build_store(settings, migrate=False), clock=SystemClock())
+    return await ops.send_test(subscriber)
 
 
 async def status(settings: Settings) -> dict[str, Any]:
@@ -70,30 +95,17 @@ async def status(settings: Settings) -> dict[str, Any]:
             "last_records_seen_at": views.iso(found.last_seen_at),
             "readyz": await _readyz(settings) if found.running else None,
         },
+    }
+    if found.exists:
+        async with _operations(settings) as ops:
+            return report | await ops.status()
+    nothing = SubscriberHealth()
+    return report | {
         "baseline_recorded": False,
         "records_pending": 0,
         "outbox": {s.value: 0 for s in DeliveryState},
-        "subscribers": [],
+        "subscribers": [views.subscriber(s, nothing, None) for s in settings.subscribers],
     }
-    if not found.exists:
-        health: dict[str, Any] = {}
-        counts: dict[str, dict[DeliveryState, int]] = {}
-    else:
-        store = build_store(settings, migrate=False)
-        await store.open()
-        try:
-            report["baseline_recorded"] = await store.baseline_done()
-            report["records_pending"] = len(await store.tracked_pending())
-            outbox = await store.count_deliveries()
-            report["outbox"] = {s.value: outbox.get(s, 0) for s in DeliveryState}
-            health, counts = await store.subscriber_health(), await store.counts_by_subscriber()
-        finally:
-            await store.close()
-    report["subscribers"] = [
-        views.subscriber(s, health.get(s.id, SubscriberHealth()), counts.get(s.id))
-        for s in settings.subscribers
-    ]
-    return report
 
 
 async def _readyz(settings: Settings) -> dict[str, Any]:
@@ -192,3 +204,18 @@ def deliveries_table(page: dict[str, Any]) -> list[str]:
 def _cut(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def replay_summary(result: Replayed, subscriber: str | None) -> str:
+    """One line for people: what was queued and why the other events went nowhere."""
+    parts = [f"replayed {result.events} stored events: {result.deliveries} deliveries queued"]
+    if result.already_pending:
+        parts.append(f"{result.already_pending} deliveries already pending (left as they are)")
+    if result.unmatched and subscriber:
+        parts.append(f"{result.unmatched} events match none of subscriber {subscriber}'s events")
+    elif result.unmatched:
+        parts.append(f"{result.unmatched} events match no subscriber's events")
+    text = "; ".join(parts)
+    if result.deliveries:
+        text += " (a running bridge sends them within a minute)"
+    return text
