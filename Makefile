@@ -43,6 +43,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.replicas
+	$(BIN)/python -m bench.gateway
 
 soak: $(DEV_STAMP)
 	BRIDGE_SOAK_KILLS=100 BRIDGE_SOAK_RECORDS=5000 $(BIN)/python -m pytest -q \

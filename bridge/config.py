@@ -37,6 +37,7 @@ from bridge.config_checks import (
     is_loopback,
     listen_host,
 )
+from bridge.config_gateway import ClientConfig, GatewayConfig
 from bridge.config_sources import (
     SOURCE_ERROR,
     Loc,
@@ -56,6 +57,7 @@ from bridge.config_store import (
 )
 from bridge.config_subscriber import SubscriberConfig
 from bridge.errors import ConfigError
+from bridge.models import DEFAULT_ACCOUNT
 
 __all__ = [
     "PUBLIC_EXAMPLE_SECRET",
@@ -227,6 +229,8 @@ class Settings(BaseSettings):
     delivery: DeliveryConfig = DeliveryConfig()
     admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    clients: list[ClientConfig] = Field(default_factory=list)
     subscribers: list[SubscriberConfig] = Field(default_factory=list)
     _config_path: Path | None = PrivateAttr(None)
 
@@ -250,6 +254,39 @@ class Settings(BaseSettings):
                 raise ValueError(f"subscribers[{i}].id: duplicate id {sub.id!r}")
             seen.add(sub.id)
         return value
+
+    @field_validator("clients")
+    @classmethod
+    def _unique_clients(cls, value: list[ClientConfig]) -> list[ClientConfig]:
+        ids: set[str] = set()
+        tokens: set[str] = set()
+        for i, client in enumerate(value):
+            if client.id in ids:
+                raise ValueError(f"clients[{i}].id: duplicate id {client.id!r}")
+            if client.token.get_secret_value() in tokens:
+                raise ValueError(f"clients[{i}].token: the same token as another client's")
+            if client.account not in (None, DEFAULT_ACCOUNT):
+                raise ValueError(
+                    f"clients[{i}].account: no account {client.account!r} (known: default)"
+                )
+            ids.add(client.id)
+            tokens.add(client.token.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _gateway_clients(self) -> Settings:
+        if self.gateway.enabled and not self.clients:
+            raise ValueError(
+                "gateway.enabled: the gateway needs at least one [[clients]] table "
+                "(id, token, secret) to answer anyone"
+            )
+        admin = {t.get_secret_value() for t in self.admin.feed_tokens}
+        if self.admin.token is not None:
+            admin.add(self.admin.token.get_secret_value())
+        for i, client in enumerate(self.clients):
+            if client.token.get_secret_value() in admin:
+                raise ValueError(f"clients[{i}].token: the same as an admin or feed token")
+        return self
 
     @classmethod
     def settings_customise_sources(

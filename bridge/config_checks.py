@@ -96,12 +96,13 @@ def check_secret(value: str) -> str:
     return value
 
 
-def signing_secret(value: str, subscriber_id: object) -> str:
-    """A subscriber's signing secret: well-formed and not the specification's public example."""
+def signing_secret(value: str, subscriber_id: object, kind: str = "subscriber") -> str:
+    """A signing secret (a subscriber's, or a gateway client's): well-formed and not the
+    specification's public example."""
     check_secret(value)
     if value == PUBLIC_EXAMPLE_SECRET:
         raise ValueError(
-            f"subscriber {subscriber_id!r} uses the public example secret of the Standard "
+            f"{kind} {subscriber_id!r} uses the public example secret of the Standard "
             "Webhooks specification, which anyone can sign with; make a new one with "
             "`munsit-bridge secret`"
         )

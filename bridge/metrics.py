@@ -84,6 +84,12 @@ class Metrics:
             "1 while this replica holds the poller's lease (polls Munsit), else 0",
             registry=reg,
         )
+        self.gateway_requests = Counter(
+            "bridge_gateway_requests",
+            "Gateway requests answered, by route and status code",
+            ["route", "code"],
+            registry=reg,
+        )
         self.last_poll_success = Gauge(
             "bridge_last_poll_success_timestamp_seconds",
             "Unix time of the last successful poll",

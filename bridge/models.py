@@ -15,6 +15,9 @@ SUCCESS = "success"
 FAILED = "failed"
 KNOWN_STATUSES = frozenset({PENDING, SUCCESS, FAILED})
 
+DEFAULT_ACCOUNT = "default"  # the one account `[upstream]` is, without `[[accounts]]`
+JOB_TARGET = "job:"  # a gateway callback's target id: `job:<record id>`
+
 CREATED = "denoise.created"
 COMPLETED = "denoise.completed"
 FAILED_EVENT = "denoise.failed"
@@ -232,3 +235,27 @@ class Report:
 
     event: Event
     targets: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Callback:
+    """Where a gateway client wants to hear about one of its jobs: the callback URL, the
+    event types it asked for and its metadata (a JSON object, echoed in every callback)."""
+
+    url: str
+    events: tuple[str, ...]
+    metadata: Mapping[str, Any] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job submitted through the gateway: whose it is, its callback (None: the client
+    asked for none), when it was submitted, and the Munsit record as last seen (None until a
+    poll or the submission saw it)."""
+
+    record_id: str
+    client_id: str
+    submitted_at: float
+    callback_id: str | None = None
+    callback: Callback | None = None
+    record: Mapping[str, Any] | None = field(default=None, compare=False)

@@ -19,24 +19,26 @@ from bridge.clock import Clock, SystemClock, sleep_or_event
 from bridge.config import Settings
 from bridge.deliver.dispatcher import Dispatcher, Sent
 from bridge.deliver.guard import guarded_socket_factory
+from bridge.deliver.lanes import lane_of
 from bridge.detect.poller import Poller, PollResult
 from bridge.detect.progress import ProgressWatcher
 from bridge.errors import BridgeError, StoreError
 from bridge.feedwait import FeedSignal
 from bridge.leader import Leadership
 from bridge.metrics import Metrics
-from bridge.models import PROGRESS, DeliveryState, Report
+from bridge.models import JOB_TARGET, PROGRESS, TERMINAL_EVENT, DeliveryState, Report
 from bridge.ops.core import Operations
 from bridge.ready import readyz
 from bridge.redact import describe
 from bridge.retention import Retention
-from bridge.store.base import LeaderState, LeaderStore, Store
+from bridge.store.base import GatewayStore, LeaderState, LeaderStore, Store
 from bridge.store.factory import build_store
 from bridge.supervise import Supervisor
 from bridge.upstream.client import MunsitClient
 
 HEALTH_RELOAD_S = 5.0  # replicas: how often subscriber states are read without a wake-up
 
+TERMINAL = frozenset(TERMINAL_EVENT)  # record statuses a job's progress stream ends on
 RESULTS = {DeliveryState.DELIVERED: "delivered", DeliveryState.FAILED: "failed"}
 
 log = structlog.get_logger("bridge.service")
@@ -75,6 +77,8 @@ class Service:
         )
         self.leadership: Leadership | None = None
         self._exit = contextlib.AsyncExitStack()
+        self._gateway_session: aiohttp.ClientSession | None = None
+        self.gateway_port: int | None = None
 
     @property
     def role(self) -> str:
@@ -95,6 +99,10 @@ class Service:
             stream_session = await stack.enter_async_context(
                 aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=up.max_progress_streams))
             )
+            if self.settings.gateway.enabled:  # uploads: not in the pollers' few connections
+                self._gateway_session = await stack.enter_async_context(
+                    aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+                )
             delivery = self.settings.delivery
             delivery_session = await stack.enter_async_context(
                 aiohttp.ClientSession(
@@ -129,6 +137,8 @@ class Service:
                 on_sent=self._sent,
                 shared=self.store.shared,
                 on_report=self._reported,
+                jobs=self.store,  # gateway callbacks: the `job:` lane
+                clients=self.settings.clients,
             )
             stack.push_async_callback(self.dispatcher.stop_health_retries)
             self.ops = Operations(self.settings, self.store, clock=self.clock, live=self.dispatcher)
@@ -154,6 +164,7 @@ class Service:
                     on_event=self._progress_event,
                     rand=self._rand,
                     on_crash=lambda _: self.metrics.component_restarts.labels("progress").inc(),
+                    always_progress=bool(self.settings.clients),  # a callback may list it
                 )
                 stack.push_async_callback(self.watcher.close)
             stack.push_async_callback(self._cancel_background)
@@ -193,10 +204,32 @@ class Service:
         self.feed.stored()
 
     def _sent(self, sent: Sent) -> None:
-        self.metrics.count_delivery(sent.delivery.subscriber_id, RESULTS.get(sent.state, "retry"))
+        # one series per subscriber, one for every gateway callback (not one per job)
+        target = lane_of(sent.delivery.subscriber_id)
+        self.metrics.count_delivery(target, RESULTS.get(sent.state, "retry"))
         self.metrics.delivery_seconds.observe(sent.attempt.latency_ms / 1000)
         if self._on_sent is not None:
             self._on_sent(sent)
+
+    # --- what the gateway uses (bridge.gateway.host.GatewayHost) ---------------------------
+
+    @property
+    def jobs(self) -> GatewayStore:
+        return self.store
+
+    @property
+    def upstream(self) -> aiohttp.ClientSession:
+        if self._gateway_session is None:
+            raise BridgeError("the gateway is not enabled (gateway.enabled = false)")
+        return self._gateway_session
+
+    def watch(self, record_id: str) -> None:
+        """A job was just submitted through the gateway: follow its progress now (the
+        replica that polls does; on another, the store's NOTIFY `job:<id>` tells it), and
+        send what its registration queued."""
+        if self.role == "leader" and self.watcher is not None:
+            self.watcher.watch(record_id)
+        self.dispatcher.wake()
 
     async def readiness(self) -> dict[str, Any]:
         """The `/readyz` body (see `bridge.ready`)."""
@@ -235,7 +268,8 @@ class Service:
         for event in result.events:
             m.events.labels(event.type).inc()
         if self.watcher is not None:
-            self.watcher.update(self.poller.pending)
+            finished = [c.record.id for c in result.changes if c.record.status in TERMINAL]
+            self.watcher.update(self.poller.pending, finished=finished)
         if result.deliveries:
             self.dispatcher.wake()
         if result.events:
@@ -247,6 +281,12 @@ class Service:
         """Poll and deliver until `stop` is set; in-flight deliveries get `timeout_s` to end.
         Each component is supervised on its own: an unexpected error restarts that one."""
         admin = await self._start_admin() if self.settings.admin.enabled else None
+        try:
+            gateway = await self._start_gateway() if self.settings.gateway.enabled else None
+        except BaseException:
+            if admin is not None:
+                await admin.cleanup()
+            raise
         self._log_summary()
         supervisor = Supervisor(
             stop,
@@ -271,6 +311,8 @@ class Service:
             if self.watcher is not None:
                 await self.watcher.close()
             self.feed.close()  # open long polls answer, streams end: the server stops at once
+            if gateway is not None:
+                await gateway.cleanup()
             if admin is not None:
                 await admin.cleanup()
         log.info("stopped cleanly")
@@ -337,6 +379,10 @@ class Service:
         if payload == "events":
             self.feed.stored()
             return
+        if payload.startswith(JOB_TARGET):  # a job submitted through another replica
+            if record_id := payload[len(JOB_TARGET) :]:
+                self.watch(record_id)
+            return
         if payload == "reconnected":
             self.feed.stored()
         task = asyncio.create_task(self._reload_health())
@@ -355,7 +401,7 @@ class Service:
         and subscribers, where its admin server listens and what it does."""
         settings = self.settings
         config_path = settings.config_path
-        admin = settings.admin
+        admin, gw = settings.admin, settings.gateway
         log.info(
             "munsit-bridge started",
             version=__version__,
@@ -366,10 +412,26 @@ class Service:
             accounts=["default"],
             subscribers=[s.id for s in settings.subscribers],
             admin=f"http://{admin.host}:{self.admin_port}" if admin.enabled else "off",
-            gateway="off",
+            gateway=f"http://{gw.host}:{self.gateway_port}" if gw.enabled else "off",
+            clients=[c.id for c in settings.clients],
             # one process per SQLite file polls and delivers; replicas elect one to poll
             role="leader" if self.shared is None else "elected by lease",
         )
+
+    async def _start_gateway(self) -> web.AppRunner:
+        from bridge.gateway.app import create_gateway_app  # only when enabled
+
+        cfg = self.settings.gateway
+        runner = web.AppRunner(create_gateway_app(self), access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, cfg.host, cfg.port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise BridgeError(f"gateway cannot listen on {cfg.host}:{cfg.port}: {exc}") from exc
+        self.gateway_port = runner.addresses[0][1]
+        log.info("gateway listening", host=cfg.host, port=self.gateway_port)
+        return runner
 
     async def _start_admin(self) -> web.AppRunner:
         cfg = self.settings.admin

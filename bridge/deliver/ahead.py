@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
-from bridge.deliver.lanes import Lane
+from bridge.deliver.lanes import JOB_LANE, Lane, lane_of
 from bridge.errors import StoreError
 from bridge.models import Attempt, Delivery, Report
 from bridge.redact import describe
-from bridge.store.base import OutboxStore
+from bridge.store.base import GatewayStore, OutboxStore
 
 log = structlog.get_logger("bridge.deliver")
 
@@ -51,8 +51,17 @@ class Ahead:
         shared: bool = False,
         on_dead: Callable[[Delivery, Attempt], Report | None] | None = None,
         on_reports: Callable[[Sequence[Report]], None] | None = None,
+        jobs: GatewayStore | None = None,
+        on_jobs: Callable[[Sequence[Delivery]], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
+        # the callbacks' lane (`JOB_LANE`, when in `lanes`) claims with `jobs.claim_jobs`;
+        # `on_jobs` hears of each batch it claimed (to look their callbacks up at once)
+        self._jobs = jobs
+        self._on_jobs = on_jobs
+        # a queued callback whose endpoint has its share of the lane in flight waits; the
+        # others behind it go first (set by the dispatcher)
+        self.blocked: Callable[[Delivery], bool] = lambda _delivery: False
         # a claim that dead-letters a delivery (its lease ran out with no outcome, its last
         # attempt) stores `on_dead`'s report of it; `on_reports` hears of those a claim stored
         self._on_dead = on_dead
@@ -94,15 +103,30 @@ class Ahead:
         self._changes += 1
 
     def pop(self, sid: str, now: float) -> Delivery | None:
-        """The lane's next delivery, if one waits whose lease still covers a whole request."""
+        """The lane's next delivery, if one waits whose lease still covers a whole request
+        (in the callbacks' lane: the first one `blocked` does not hold back)."""
         queue = self._queues[sid]
+        held: list[tuple[Delivery, float]] = []
+        found = None
         while queue:
             delivery, claimed_at = queue.popleft()
-            self._queued_ids.discard(delivery.id)
-            if now - claimed_at <= self._usable_s:
-                return delivery
-            self._stale.append(delivery)
-        return None
+            if now - claimed_at > self._usable_s:
+                self._queued_ids.discard(delivery.id)
+                self._stale.append(delivery)
+            elif sid == JOB_LANE and self.blocked(delivery):
+                held.append((delivery, claimed_at))
+            else:
+                self._queued_ids.discard(delivery.id)
+                found = delivery
+                break
+        queue.extendleft(reversed(held))
+        return found
+
+    def startable(self, sid: str) -> int:
+        """Queued deliveries of the lane that `blocked` does not hold back."""
+        if sid != JOB_LANE:
+            return len(self._queues[sid])
+        return sum(1 for delivery, _ in self._queues[sid] if not self.blocked(delivery))
 
     def claim(self, now: float, order: Sequence[str]) -> None:
         """Start a claim in the background for the lanes (in `order`) running short. It looks
@@ -121,7 +145,7 @@ class Ahead:
         budget = self._budget - sum(len(q) for q in self._queues.values())
         rooms: list[tuple[str, int]] = []
         for sid in order:
-            lane, queued = self._lanes[sid], len(self._queues[sid])
+            lane, queued = self._lanes[sid], self.startable(sid)
             if queued > lane.max_concurrency // 2 or sid in self._dry:
                 continue
             want = min(
@@ -159,29 +183,37 @@ class Ahead:
                     made[report.event.id] = report
                 return report
 
-            claimed = await self._store.claim_lanes(
-                now=now,
-                lease_s=self._lease_s,
-                rooms=rooms,
-                caps=caps,
-                on_dead=None if on_dead is None else reporting,
-            )
+            sub_rooms = [(sid, want) for sid, want in rooms if sid != JOB_LANE]
+            job_room = sum(want for sid, want in rooms if sid == JOB_LANE)
+            claimed: list[Delivery] = []
+            if sub_rooms:
+                claimed = await self._store.claim_lanes(
+                    now=now,
+                    lease_s=self._lease_s,
+                    rooms=sub_rooms,
+                    caps=None if caps is None else {s: caps[s] for s, _ in sub_rooms},
+                    on_dead=None if on_dead is None else reporting,
+                )
             if made and self._on_reports is not None:  # stored with the claim
                 self._on_reports(list(made.values()))
+            reported = set(made)
             got = dict.fromkeys((sid for sid, _ in rooms), 0)
-            for delivery in claimed:
-                queue = self._queues[delivery.subscriber_id]
-                if delivery.id in self._queued_ids:
-                    # its old lease ran out while it waited: the new one holds
-                    self._queues[delivery.subscriber_id] = queue = deque(
-                        item for item in queue if item[0].id != delivery.id
-                    )
-                queue.append((delivery, now))
-                self._queued_ids.add(delivery.id)
-                got[delivery.subscriber_id] += 1
+            self._queue(claimed, now, got)
+            if job_room and self._jobs is not None:
+                jobs = await self._jobs.claim_jobs(
+                    now=now,
+                    lease_s=self._lease_s,
+                    limit=job_room,
+                    on_dead=None if on_dead is None else reporting,
+                )
+                if made and self._on_reports is not None:
+                    self._on_reports([r for r in made.values() if r.event.id not in reported])
+                self._queue(jobs, now, got)
+                if jobs and self._on_jobs is not None:
+                    await self._on_jobs(jobs)
             short = [sid for sid, want in rooms if got[sid] < want]
             if short and changes == self._changes:
-                due = await self._store.next_due_at([*self._dry, *short])
+                due = await self._next_due([*self._dry, *short])
                 if changes == self._changes:
                     self._dry.update(short)
                     self.due_at = self._look_again(now, due)
@@ -198,6 +230,31 @@ class Ahead:
             self.due_at = self.due_at if keep else retry_at
         finally:
             self._on_ready()
+
+    def _queue(self, claimed: Sequence[Delivery], now: float, got: dict[str, int]) -> None:
+        for delivery in claimed:
+            lane = lane_of(delivery.subscriber_id)
+            queue = self._queues[lane]
+            if delivery.id in self._queued_ids:
+                # its old lease ran out while it waited: the new one holds
+                self._queues[lane] = queue = deque(
+                    item for item in queue if item[0].id != delivery.id
+                )
+            queue.append((delivery, now))
+            self._queued_ids.add(delivery.id)
+            got[lane] = got.get(lane, 0) + 1
+
+    async def _next_due(self, lanes: Sequence[str]) -> float | None:
+        """When the earliest stored delivery of `lanes` falls due (the callbacks' lane: the
+        earliest `job:` delivery's)."""
+        subs = [sid for sid in dict.fromkeys(lanes) if sid != JOB_LANE]
+        times = []
+        if subs:
+            times.append(await self._store.next_due_at(subs))
+        if JOB_LANE in lanes and self._jobs is not None:
+            times.append(await self._jobs.next_job_due_at())
+        known = [t for t in times if t is not None]
+        return min(known) if known else None
 
     def _look_again(self, now: float, due: float | None) -> float:
         """When a lane left short looks again: when its next delivery falls due; with a

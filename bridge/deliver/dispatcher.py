@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
 
 from bridge.clock import Clock, sleep_or_event
 from bridge.config import DeliveryConfig, SubscriberConfig
+from bridge.config_gateway import ClientConfig
 from bridge.deliver import policy, reports
 from bridge.deliver.ahead import Ahead
-from bridge.deliver.formats import render
-from bridge.deliver.lanes import Lane, TokenBucket
+from bridge.deliver.callbacks import PARKED_S, Callbacks, Target
+from bridge.deliver.formats import render, render_callback
+from bridge.deliver.lanes import JOB_LANE, Lane, TokenBucket, callback_cap, lane_of
 from bridge.deliver.persist import retried
-from bridge.deliver.sender import post
+from bridge.deliver.sender import post, post_to
 from bridge.deliver.signing import Signer
+from bridge.errors import StoreError
 from bridge.models import Attempt, Delivery, DeliveryState, Report
 from bridge.redact import describe
-from bridge.store.base import OutboxStore, SubscriberHealth
+from bridge.store.base import AttemptOutcome, GatewayStore, OutboxStore, SubscriberHealth
 
 log = structlog.get_logger("bridge.deliver")
 
@@ -58,8 +63,14 @@ class Dispatcher:
         on_sent: Callable[[Sent], None] | None = None,
         shared: bool = False,
         on_report: Callable[[Report], None] | None = None,
+        jobs: GatewayStore | None = None,
+        clients: Sequence[ClientConfig] = (),
     ) -> None:
+        """`jobs` (the store, as the gateway's port) turns on the callbacks' lane: deliveries
+        to `job:<record id>` targets, signed with the secret of their client in `clients`,
+        at most `callback_cap(max_in_flight)` requests at once."""
         self._store = store
+        self._callbacks = None if jobs is None else Callbacks(jobs, clients)
         self._session = session
         self._subs = {s.id: s for s in subscribers}
         self._signers = {
@@ -86,6 +97,15 @@ class Dispatcher:
         self._lanes = {
             s.id: Lane(s.id, s.max_concurrency, TokenBucket(s.rate_per_s)) for s in subscribers
         }
+        # callback requests in flight per endpoint (scheme, host and port): one endpoint
+        # takes at most `_per_endpoint` of the callbacks' lane, so a slow one leaves the
+        # rest of the lane to the other jobs' callbacks
+        self._endpoints: Counter[str] = Counter()
+        self._per_endpoint = 1
+        if jobs is not None:
+            cap = callback_cap(config.max_in_flight)
+            self._lanes[JOB_LANE] = Lane(JOB_LANE, cap, TokenBucket(None))
+            self._per_endpoint = callback_cap(cap)
         self._turn = 0
         self._ahead = Ahead(
             store,
@@ -98,7 +118,10 @@ class Dispatcher:
             shared=shared,
             on_dead=self._dead_report,
             on_reports=self._claim_reported,
+            jobs=jobs,
+            on_jobs=None if self._callbacks is None else self._callbacks.prefetch,
         )
+        self._ahead.blocked = self._endpoint_busy
         # health writes carrying a disable's report that failed for good: tried again (one
         # per subscriber) until the report lands or the dispatcher stops
         self._health_retries: dict[str, asyncio.Task[None]] = {}
@@ -136,6 +159,11 @@ class Dispatcher:
             for s in self._subs.values()
             if s.enabled and self._health.get(s.id, SubscriberHealth()).disabled_at is None
         ]
+
+    @property
+    def callbacks_enabled(self) -> bool:
+        """Whether this dispatcher sends gateway callbacks (it was given the `jobs` store)."""
+        return self._callbacks is not None
 
     @property
     def active(self) -> list[str]:
@@ -217,12 +245,26 @@ class Dispatcher:
         )
         now = self._clock.now()
         active = self._active
+        jobs = self._lanes.get(JOB_LANE)
+        if jobs is not None:
+            active = [*active, JOB_LANE]  # the callbacks take their turn like a subscriber
         if len(active) < len(self._lanes):  # disabled meanwhile: what it had claimed goes back
             paused = set(self._lanes).difference(active)
             idle = [sid for sid in paused if self._ahead.queued(sid)]
             if idle:
                 await self._ahead.release(now, idle)
                 now = self._clock.now()
+        # slots subscribers leave free for the callbacks: those waiting to start (within
+        # their cap), and always one while a client is configured (a callback claimed
+        # while every other slot hangs on a subscriber still goes); unless the cap is all
+        # of `max_in_flight`: then they simply take turns
+        reserve = 0
+        if jobs is not None and self._config.max_in_flight > jobs.max_concurrency:
+            assert self._callbacks is not None
+            ready = self._ahead.startable(JOB_LANE)  # not held back by a busy endpoint
+            floor = 1 if self._callbacks.has_clients else 0
+            waiting = max(floor, min(jobs.max_concurrency, jobs.in_flight + ready))
+            reserve = max(0, waiting - jobs.in_flight)
         self._turn = (self._turn + 1) % max(1, len(active))
         order = active[self._turn :] + active[: self._turn]
         started, waits = 0, []
@@ -230,14 +272,15 @@ class Dispatcher:
             lane = self._lanes[sid]
             if lane.bucket.rate_per_s is None and not self._ahead.queued(sid):
                 continue  # nothing to start, and no token to wait for
-            room = lane.room(now, free) if free > 0 else 0
-            if room <= 0 and lane.in_flight < lane.max_concurrency and free > 0:
+            share = free if sid == JOB_LANE else free - reserve
+            room = lane.room(now, share) if share > 0 else 0
+            if room <= 0 and lane.in_flight < lane.max_concurrency and share > 0:
                 waits.append(lane.bucket.wait_s(now))  # throttled, not busy
             for _ in range(room):
                 delivery = self._ahead.pop(sid, now)
                 if delivery is None:
                     break
-                self._start(lane, delivery, now)
+                self._start(lane, delivery, now, self._endpoint(delivery))
                 started += 1
                 free -= 1
         self._ahead.claim(now, order)
@@ -248,15 +291,32 @@ class Dispatcher:
         # else a finished request wakes us; a throttled lane or a dry one's due time may first
         return started, min(waits) if waits else None
 
-    def _start(self, lane: Lane, delivery: Delivery, now: float) -> None:
+    def _endpoint(self, delivery: Delivery) -> str | None:
+        """A callback's endpoint (scheme, host and port; "" while its callback is not
+        looked up yet), None for a subscriber's delivery."""
+        if self._callbacks is None or lane_of(delivery.subscriber_id) != JOB_LANE:
+            return None
+        url = self._callbacks.url(delivery.subscriber_id)
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}" if url else ""
+
+    def _endpoint_busy(self, delivery: Delivery) -> bool:
+        endpoint = self._endpoint(delivery)
+        return endpoint is not None and self._endpoints[endpoint] >= self._per_endpoint
+
+    def _start(self, lane: Lane, delivery: Delivery, now: float, endpoint: str | None) -> None:
         lane.bucket.take(now)
         lane.in_flight += 1
         self._sending += 1
-        task = asyncio.create_task(self._deliver_in_lane(lane, delivery))
+        if endpoint:
+            self._endpoints[endpoint] += 1
+        task = asyncio.create_task(self._deliver_in_lane(lane, delivery, endpoint))
         self._inflight.add(task)
         task.add_done_callback(self._task_done)
 
-    async def _deliver_in_lane(self, lane: Lane, delivery: Delivery) -> None:
+    async def _deliver_in_lane(
+        self, lane: Lane, delivery: Delivery, endpoint: str | None = None
+    ) -> None:
         """Send, then record. The lane's slot frees as soon as the response is in: the
         lease (and the order rule, which reads the stored state) keeps the delivery to this
         worker until its attempt is recorded, so recording never holds up the next request."""
@@ -268,6 +328,10 @@ class Dispatcher:
                 sending = False
                 lane.in_flight -= 1
                 self._sending -= 1
+                if endpoint:
+                    self._endpoints[endpoint] -= 1
+                    if self._endpoints[endpoint] <= 0:
+                        del self._endpoints[endpoint]
                 self._wake.set()
 
         try:
@@ -311,6 +375,9 @@ class Dispatcher:
     async def _deliver(self, delivery: Delivery, sent: Callable[[], None]) -> None:
         """One attempt, whatever goes wrong in it (rendering, signing, posting, reading the
         answer: a failed attempt with its error), recorded against the retry schedule."""
+        if lane_of(delivery.subscriber_id) == JOB_LANE:
+            await self._deliver_job(delivery, sent)
+            return
         sub = self._subs[delivery.subscriber_id]
         attempt_no = delivery.attempts + 1
         fields: dict[str, object] = {
@@ -383,6 +450,106 @@ class Dispatcher:
             )
         if self._on_sent is not None and kept:
             self._on_sent(Sent(delivery, attempt, outcome.state))
+
+    async def _deliver_job(self, delivery: Delivery, sent: Callable[[], None]) -> None:
+        """One attempt of a gateway job's callback: like a subscriber's (timeouts, guard,
+        schedule, Retry-After, dead letters and their report), but to the job's callback
+        URL, the `standard` body plus the client's metadata, signed with the client's
+        secret, and with no endpoint health: a 410 dead-letters this delivery at once."""
+        assert self._callbacks is not None
+        attempt_no = delivery.attempts + 1
+        fields: dict[str, object] = {
+            "event_id": delivery.event.id,
+            "event_type": delivery.event.type,
+            "subscriber": delivery.subscriber_id,
+            "attempt": attempt_no,
+        }
+        try:
+            target = await self._callbacks.target(delivery)
+        except StoreError as exc:
+            log.warning("cannot look the callback up; sent later", error=describe(exc), **fields)
+            target = None
+            park_s = 5.0
+        else:
+            park_s = PARKED_S
+        if target is None:  # its client is gone (or the store did not say): it waits
+            sent()
+            release = partial(self._store.release, delivery, now=self._clock.now() + park_s)
+            await retried(self._clock, release, what="hand a callback back", **fields)
+            return
+        fields["client"] = target.client.id
+        attempt, retry_after_s = await self._post_callback(target, delivery)
+        sent()
+        if attempt.status_code == 410:  # gone: this delivery only, nothing is disabled
+            outcome = AttemptOutcome(DeliveryState.FAILED)
+        else:
+            outcome = policy.decide(
+                attempt.status_code,
+                attempts_done=attempt_no - delivery.schedule_from,
+                now=self._clock.now(),
+                schedule_s=self._config.retry_schedule_s,
+                jitter=self._config.jitter,
+                rand=self._rand,
+                retry_after_s=retry_after_s,
+            )
+        if outcome.state is DeliveryState.FAILED:
+            dead = reports.dead_lettered(
+                delivery, attempt, url=target.callback.url, subscribers=list(self._subs.values())
+            )
+            outcome = replace(outcome, report=dead)
+        fields |= {"status_code": attempt.status_code, "latency_ms": round(attempt.latency_ms, 1)}
+        kept = await retried(
+            self._clock,
+            lambda: self._store.finish_attempt(delivery, attempt, outcome),
+            what="record an attempt (its lease running out gives the delivery out again)",
+            **fields,
+        )
+        if kept and outcome.report is not None:
+            self._reported(outcome.report)
+        if kept is None:
+            return
+        if not kept:
+            log.warning("delivery lease lost before the attempt was recorded", **fields)
+        elif outcome.state is DeliveryState.DELIVERED:
+            log.info("delivered", **fields)
+        elif outcome.state is DeliveryState.FAILED:
+            log.error("delivery failed for good (dead-lettered)", error=attempt.error, **fields)
+        else:
+            retry_in = (outcome.next_attempt_at or 0) - self._clock.now()
+            log.warning(
+                "delivery attempt failed, will retry",
+                error=attempt.error,
+                retry_in_s=round(retry_in, 1),
+                **fields,
+            )
+        if self._on_sent is not None and kept:
+            self._on_sent(Sent(delivery, attempt, outcome.state))
+
+    async def _post_callback(
+        self, target: Target, delivery: Delivery
+    ) -> tuple[Attempt, float | None]:
+        try:
+            body = render_callback(delivery.event, target.callback.metadata)
+        except Exception as exc:
+            log.error(
+                "cannot render the request body",
+                exc_info=True,
+                event_id=delivery.event.id,
+                subscriber=delivery.subscriber_id,
+            )
+            error = f"cannot render: {describe(exc)}"
+            return Attempt(self._clock.now(), None, 0.0, error, ""), None
+        return await post_to(
+            self._session,
+            target.callback.url,
+            target.signer,
+            delivery.event.id,
+            body,
+            extra_headers={},
+            target=delivery.subscriber_id,
+            now=self._clock.now(),
+            timeout_s=self._config.timeout_s,
+        )
 
     async def _store_health(self, sub: SubscriberConfig) -> bool:
         """Store the subscriber's latest health in memory; while it is the disable this
@@ -477,6 +644,10 @@ class Dispatcher:
         """The report of `delivery` dead-lettered by a claim (its lease ran out with no
         outcome at its last attempt), as `reports.dead_lettered` makes it; pure (the store
         calls it in the claim's transaction). None for a `bridge.*` event's: no loops."""
+        if self._callbacks is not None and lane_of(delivery.subscriber_id) == JOB_LANE:
+            url = self._callbacks.url(delivery.subscriber_id)
+            subscribers = list(self._subs.values())
+            return reports.dead_lettered(delivery, attempt, url=url, subscribers=subscribers)
         sub = self._subs.get(delivery.subscriber_id)
         if sub is None:
             return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from bridge import jsontext
@@ -32,6 +33,17 @@ def standard_body(event: Event) -> dict[str, Any]:
         "previous_status": event.previous_status,
         "data": dict(event.data),
     }
+
+
+def callback_body(event: Event, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A gateway job's callback: the `standard` body plus the client's `metadata` as
+    submitted (a JSON object, or null when it gave none)."""
+    return {**standard_body(event), "metadata": None if metadata is None else dict(metadata)}
+
+
+def render_callback(event: Event, metadata: Mapping[str, Any] | None) -> str:
+    """A callback's body as compact JSON text (signed with the client's secret)."""
+    return jsontext.dumps(callback_body(event, metadata))
 
 
 def zapier_body(event: Event) -> dict[str, Any]:

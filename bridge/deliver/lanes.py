@@ -6,6 +6,24 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from bridge.models import JOB_TARGET
+
+# the one lane of every gateway job's callback (target ids `job:<record id>`): its
+# `max_concurrency` caps the callback requests in flight at once
+JOB_LANE = JOB_TARGET
+
+
+def lane_of(target_id: str) -> str:
+    """The lane a delivery target's deliveries go through: a subscriber's own, or the
+    callbacks' lane for every `job:<record id>`."""
+    return JOB_LANE if target_id.startswith(JOB_TARGET) else target_id
+
+
+def callback_cap(max_in_flight: int) -> int:
+    """Callback requests in flight at once at most: half of `delivery.max_in_flight`, at
+    least 1, so callbacks and subscribers never take all of each other's slots."""
+    return max(1, max_in_flight // 2)
+
 
 @dataclass(slots=True)
 class TokenBucket:

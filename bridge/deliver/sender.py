@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Mapping
 from functools import cache
 
 import aiohttp
@@ -56,6 +57,33 @@ async def post(
 ) -> tuple[Attempt, float | None]:
     """One attempt (a fresh `webhook-timestamp`, never following redirects), and the
     `Retry-After` it was answered with, in seconds, if any."""
+    return await post_to(
+        session,
+        sub.url,
+        signer,
+        msg_id,
+        body,
+        extra_headers=sub.headers,
+        target=sub.id,
+        now=now,
+        timeout_s=timeout_s,
+    )
+
+
+async def post_to(
+    session: aiohttp.ClientSession,
+    url: str,
+    signer: Signer,
+    msg_id: str,
+    body: str,
+    *,
+    extra_headers: Mapping[str, str],
+    target: str,
+    now: float,
+    timeout_s: float,
+) -> tuple[Attempt, float | None]:
+    """`post` to any target: a subscriber (its URL and static headers) or a gateway job's
+    callback (`target` is `job:<record id>`, no extra headers)."""
     started = time.perf_counter()
     status: int | None = None
     excerpt = b""
@@ -64,13 +92,13 @@ async def post(
     answered: int | None = None
     try:
         headers = {
-            **sub.headers,
+            **extra_headers,
             "content-type": "application/json",
             "user-agent": USER_AGENT,
             **signer.headers(msg_id, int(now), body),
         }
         async with session.post(
-            sub.url,
+            url,
             data=body.encode(),
             headers=headers,
             timeout=_timeout(timeout_s),
@@ -98,8 +126,8 @@ async def post(
         trace = "".join(traceback.format_exception(exc))
         log.warning(
             "unexpected error in a delivery attempt",
-            subscriber=sub.id,
-            exception=scrub(trace, sub.url),  # the traceback, this URL's secret parts hidden
+            subscriber=target,
+            exception=scrub(trace, url),  # the traceback, this URL's secret parts hidden
         )
         error = describe(exc)
     if status is None and answered is not None and not 200 <= answered < 300:
@@ -108,9 +136,9 @@ async def post(
         attempted_at=now,
         status_code=status,
         latency_ms=(time.perf_counter() - started) * 1000,
-        error=None if error is None else scrub(error, sub.url)[:ERROR_CHARS],
+        error=None if error is None else scrub(error, url)[:ERROR_CHARS],
         # the receiver's own text, but an answer may echo the request's URL (a framework's
         # "Cannot POST /services/T…/B…/…" 404 page): its secret parts are hidden too
-        response_excerpt=scrub(excerpt.decode("utf-8", "ignore"), sub.url) if excerpt else "",
+        response_excerpt=scrub(excerpt.decode("utf-8", "ignore"), url) if excerpt else "",
     )
     return attempt, retry_after_s

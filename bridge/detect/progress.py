@@ -14,7 +14,7 @@ import functools
 import hashlib
 import math
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -76,7 +76,17 @@ def percentage(value: object) -> int | None:
 
 
 class ProgressWatcher:
-    """Keeps at most `max_streams` streams open, for the newest pending records."""
+    """Keeps at most `max_streams` streams open, for the newest pending records: first the
+    jobs submitted through the gateway (`watch`, newest first), then the records polls found
+    pending (newest first).
+
+    A watched-by-request record keeps its stream until the stream reports done or error,
+    or until a poll has listed it as pending (from then on it is a pending record like any
+    other: a later `update` that no longer lists it stops it) or names it `finished`: an
+    update from a poll that ran before the job existed does not stop it.
+    `always_progress`: `processing` messages become `denoise.progress` events even when no
+    subscriber lists that type (a gateway job's callback may ask for it: the store routes
+    the event to `job:<record id>` when its callback lists the type)."""
 
     def __init__(
         self,
@@ -90,6 +100,7 @@ class ProgressWatcher:
         on_event: Callable[[], None],
         rand: Callable[[], float] = random.random,
         on_crash: Callable[[str], None] = lambda _record_id: None,
+        always_progress: bool = False,
     ) -> None:
         self._on_crash = on_crash  # a stream that crashed is opened again at the next poll
         self._source = source
@@ -103,19 +114,43 @@ class ProgressWatcher:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._gave_up: set[str] = set()
         self._last: dict[str, _Last] = {}
-        self._wants_progress = any(route(PROGRESS, self._subscribers))
+        self._wants_progress = always_progress or any(route(PROGRESS, self._subscribers))
+        # opened by `watch` and not listed by a poll yet, newest last
+        self._requested: dict[str, None] = {}
+        self._pending: list[str] = []  # the last update's pending ids, newest first
 
     @property
     def watching(self) -> set[str]:
         return set(self._tasks)
 
-    def update(self, pending: Sequence[RecordState]) -> None:
-        """Watch the newest pending records (newest first), stop watching the others."""
-        wanted = [p.id for p in pending if p.id not in self._gave_up][: self._max]
+    def watch(self, record_id: str) -> None:
+        """Open the progress stream of a job just submitted through the gateway now, before
+        any poll has seen the record: it finishes within a second of Munsit finishing it."""
+        self._gave_up.discard(record_id)
+        self._requested.pop(record_id, None)
+        self._requested[record_id] = None
+        self._apply()
+
+    def update(self, pending: Sequence[RecordState], *, finished: Iterable[str] = ()) -> None:
+        """Watch the newest pending records (newest first), stop watching the others. A
+        record watched by request stays until a poll lists it as pending (a pending record
+        like any other from then on), or until it is among `finished` (ids this poll saw
+        done or failed): a poll that ran before the job existed does not stop it."""
         pending_ids = {p.id for p in pending}
-        self._gave_up &= pending_ids
-        for record_id in [r for r in self._last if r not in pending_ids]:
+        for record_id in [*finished, *(r for r in self._requested if r in pending_ids)]:
+            self._requested.pop(record_id, None)
+        self._pending = [p.id for p in pending]
+        self._gave_up &= pending_ids | set(self._requested)
+        for record_id in [r for r in self._last if r not in pending_ids | set(self._requested)]:
             del self._last[record_id]
+        self._apply()
+
+    def _apply(self) -> None:
+        """Open and close streams so that the wanted ones are open: the requested records
+        newest first, then the pending ones, `max_streams` at most."""
+        requested = list(reversed(self._requested))
+        order = [*requested, *(r for r in self._pending if r not in self._requested)]
+        wanted = [r for r in order if r not in self._gave_up][: self._max]
         for record_id, task in list(self._tasks.items()):
             if record_id not in wanted:
                 task.cancel()
@@ -151,6 +186,7 @@ class ProgressWatcher:
                         log.info("progress stream reports the job finished", record_id=record_id)
                         # not reopened while the list still says pending: polls take it on
                         self._gave_up.add(record_id)
+                        self._requested.pop(record_id, None)
                         self._on_finished(record_id)
                         return
                     if stage == "processing":
@@ -158,6 +194,7 @@ class ProgressWatcher:
                 log.debug("progress stream closed", record_id=record_id)
             except UpstreamNotFound:
                 self._gave_up.add(record_id)
+                self._requested.pop(record_id, None)
                 log.info("no progress stream for this record (404)", record_id=record_id)
                 return
             except UpstreamAuthError:

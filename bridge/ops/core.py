@@ -17,6 +17,7 @@ from bridge.deliver.sendtest import send_test
 from bridge.errors import ConflictError, GoneError, NotFoundError, RequestError
 from bridge.models import (
     EVENT_TYPES,
+    JOB_TARGET,
     Attempt,
     DeliveryFilter,
     DeliveryState,
@@ -24,7 +25,7 @@ from bridge.models import (
 )
 from bridge.ops import views
 from bridge.ops.feed import encode
-from bridge.store.base import FeedPage, Store, SubscriberHealth
+from bridge.store.base import ALL_JOBS, FeedPage, Store, SubscriberHealth
 
 log = structlog.get_logger("bridge.ops")
 
@@ -170,7 +171,7 @@ class Operations:
         found = await self.store.get_delivery(delivery_id)
         if found is None:
             raise NotFoundError(f"no delivery {delivery_id}")
-        if found.subscriber_id not in {s.id for s in self.settings.subscribers}:
+        if not self._configured(found.subscriber_id):
             raise ConflictError(
                 f"delivery {delivery_id} is for subscriber {found.subscriber_id!r}, which is no "
                 "longer configured (add the subscriber back to send it)"
@@ -203,7 +204,8 @@ class Operations:
             )
         if where.subscriber is not None:
             self.subscriber_config(where.subscriber)
-        configured = [s.id for s in self.settings.subscribers]  # not a removed one's
+        # not a removed subscriber's; every gateway job's callback
+        configured = [*(s.id for s in self.settings.subscribers), ALL_JOBS]
         retried = await self.store.retry_failed(
             where, now=self._clock.now(), subscribers=configured
         )
@@ -262,6 +264,12 @@ class Operations:
                 f"deleted events up to {encode(page.purged_up_to)}); start again without after"
             )
         return page
+
+    def _configured(self, target: str) -> bool:
+        """A subscriber in the configuration, or a gateway job's callback."""
+        if target.startswith(JOB_TARGET):
+            return True
+        return target in {s.id for s in self.settings.subscribers}
 
     def _wake(self) -> None:
         if self._live is not None:

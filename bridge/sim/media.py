@@ -56,8 +56,9 @@ def looks_like(ext: str, data: bytes) -> bool:
     return False
 
 
-def wav_duration_s(data: bytes) -> float | None:
-    """Seconds of sound in a RIFF/WAVE file: `data` chunk size over the `fmt ` byte rate."""
+def wav_duration_s(data: bytes, total: int | None = None) -> float | None:
+    """Seconds of sound in a RIFF/WAVE file: `data` chunk size over the `fmt ` byte rate.
+    `data` may be the file's first bytes only, `total` its whole length."""
     if not looks_like("wav", data):
         return None
     pos, byte_rate = 12, 0
@@ -69,18 +70,20 @@ def wav_duration_s(data: bytes) -> float | None:
         elif chunk_id == b"data":
             if not byte_rate:
                 return None
-            available = len(data) - body
+            available = (len(data) if total is None else total) - body
             frames = available if size in _UNKNOWN_SIZE else min(size, available)
             return round(frames / byte_rate, 3)
         pos = body + size + (size & 1)  # chunks are padded to an even length
     return None
 
 
-def duration_s(ext: str, data: bytes) -> float:
-    """Seconds of media: from the RIFF header of a WAV file, else estimated from the size."""
-    if ext == "wav" and (seconds := wav_duration_s(data)) is not None:
+def duration_s(ext: str, data: bytes, total: int | None = None) -> float:
+    """Seconds of media: from the RIFF header of a WAV file, else estimated from the size
+    (`data` may be the first bytes only, `total` the whole length)."""
+    size = len(data) if total is None else total
+    if ext == "wav" and (seconds := wav_duration_s(data, size)) is not None:
         return seconds
-    return estimate_s(len(data))
+    return estimate_s(size)
 
 
 def estimate_s(size: int) -> float:
@@ -184,24 +187,37 @@ def fault_response(kind: str, retry_after: str | None) -> web.Response:
     return response
 
 
-async def read_upload(part: BodyPartReader, max_bytes: int) -> tuple[str, bytes] | web.Response:
-    """The name and content of the `audio` file, or Munsit's 400 answer to it."""
+HEAD_BYTES = 64 * 1024  # of an upload, kept to validate it: the rest is counted, not kept
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """An `audio` file as received: its name, first bytes and length (a plain or chunked
+    upload alike; a 150 MB one is never held whole)."""
+
+    name: str
+    head: bytes
+    size: int
+
+
+async def read_upload(part: BodyPartReader, max_bytes: int) -> Upload | web.Response:
+    """The `audio` file, or Munsit's 400 answer to it."""
     name = part.filename or ""
     ext = extension(name)
     if source_type(ext) is None:
         allowed = ", ".join(AUDIO_FORMATS + VIDEO_FORMATS)
         return error(400, "40002", f"Unsupported file format '{ext}'. Allowed: {allowed}")
-    chunks: list[bytes] = []
+    head = bytearray()
     size = 0
     while chunk := await part.read_chunk(256 * 1024):
         size += len(chunk)
-        if size > max_bytes:  # refused before the chunk is kept: never buffers past the limit
+        if size > max_bytes:  # refused at the limit, the rest unread
             return error(400, "40003", f"File exceeds the {max_bytes / (1024 * 1024):g} MB limit")
-        chunks.append(chunk)
-    data = b"".join(chunks)
-    if duration_s(ext, data) > MAX_DURATION_S:
+        if len(head) < HEAD_BYTES:
+            head += chunk[: HEAD_BYTES - len(head)]
+    if duration_s(ext, bytes(head), size) > MAX_DURATION_S:
         return error(400, "40004", "Audio exceeds the 15 minute duration limit")
-    return name, data
+    return Upload(name, bytes(head), size)
 
 
 @dataclass(eq=False, slots=True)

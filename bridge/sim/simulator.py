@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from bridge.clock import Clock, SystemClock, sleep_or_event
+from bridge.gateway.multipart import multipart_reader
 from bridge.sim import media as sim_media
 from bridge.sim import poison as sim_poison
 from bridge.sim.media import NOT_FOUND, Handler, Job, UnknownRecord, control, get
@@ -67,6 +68,7 @@ class Simulator:
         self.max_upload_bytes = max_upload_bytes
         self.balance: int | None = None  # jobs the wallet can pay for; None: unlimited
         self.list_requests = 0
+        self.submissions = 0  # jobs created by `POST /denoise` or `submit()`
         self.request_log: list[tuple[str, str, int]] = []  # status 0: dropped, no answer
         self._rand = random.Random(seed)
         self._jobs: dict[str, Job] = {}
@@ -107,13 +109,17 @@ class Simulator:
 
     def submit(self, file_name: str, data: bytes) -> dict[str, Any]:
         """Queue a job as `POST /denoise` does after validation; returns the record."""
+        return self._accept(file_name, data, len(data))
+
+    def _accept(self, file_name: str, head: bytes, size: int) -> dict[str, Any]:
         ext = sim_media.extension(file_name)
         if sim_media.source_type(ext) is None:
             raise ValueError(f"unsupported format {ext!r}")
-        duration = sim_media.duration_s(ext, data)
-        job = self._new_job(file_name, ext, len(data), duration, self._now_ms())
-        job.fails = not sim_media.looks_like(ext, data)
+        duration = sim_media.duration_s(ext, head, size)
+        job = self._new_job(file_name, ext, size, duration, self._now_ms())
+        job.fails = not sim_media.looks_like(ext, head)
         self._schedule(job)
+        self.submissions += 1
         return self._public(job)
 
     def set_status(self, record_id: str, status: str, *, error: str | None = None) -> None:
@@ -352,7 +358,7 @@ class Simulator:
         if request.content_type != "multipart/form-data":
             return missing
         try:
-            async for part in await request.multipart():
+            async for part in multipart_reader(request):
                 if isinstance(part, BodyPartReader) and part.name == "audio":
                     return await self._upload(part) if part.filename else missing
         except ValueError:  # a malformed multipart body
@@ -363,12 +369,11 @@ class Simulator:
         upload = await sim_media.read_upload(part, self.max_upload_bytes)
         if isinstance(upload, web.Response):
             return upload
-        name, data = upload
         if self.balance is not None:
             if self.balance <= 0:
                 return sim_media.error(402, "40201", "Insufficient wallet balance")
             self.balance -= 1
-        record = self.submit(name, data)
+        record = self._accept(upload.name, upload.head, upload.size)
         return web.json_response({"jobId": record["id"], "denoiseId": record["id"]})
 
     async def _progress(self, request: web.Request) -> web.StreamResponse:

@@ -17,11 +17,13 @@ from typing import Protocol, runtime_checkable
 from bridge.models import (
     ALL_DELIVERIES,
     Attempt,
+    Callback,
     Delivery,
     DeliveryFilter,
     DeliveryState,
     DeliveryView,
     Event,
+    Job,
     RecordState,
     Replayed,
     Report,
@@ -33,6 +35,8 @@ BASELINE_TIES = "baseline_ties"  # ids of the baseline records created at that s
 SWEEP = "sweep"  # position of an unfinished deep scan (JSON)
 LAST_FULL_SCAN = "last_full_scan_at"  # unix time the last reconciliation scan started
 PURGED_UP_TO = "purged_up_to_seq"  # the highest seq retention deleted (feed cursors below: 410)
+# in `retry_failed`'s `subscribers`: every job target (`job:<record id>`, a gateway callback)
+ALL_JOBS = "job:*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +249,8 @@ class OperationsStore(Protocol):
         """`retry` every dead letter (`failed`) of `subscribers` (the configured ones) that
         `where` matches, whatever its `state` says: each gets a fresh schedule, due `now`.
         A dead letter of a subscriber not in `subscribers` stays failed (no lane would send
-        it). Returns how many."""
+        it). The id `ALL_JOBS` (`job:*`) in `subscribers` stands for every job target
+        (`job:<record id>`, the gateway's callbacks). Returns how many."""
         ...
 
     async def replay(
@@ -278,7 +283,9 @@ class OperationsStore(Protocol):
         self, configured: Sequence[str], *, now: float
     ) -> tuple[int, int]:
         """Orphan the pending deliveries of subscribers not in `configured`, restore the
-        orphaned ones of configured subscribers (due `now`). Returns (orphaned, restored)."""
+        orphaned ones of configured subscribers (due `now`). Job targets (`job:<record
+        id>`) are never subscribers of the config and never orphaned. Returns (orphaned,
+        restored)."""
         ...
 
     async def subscriber_health(self) -> dict[str, SubscriberHealth]: ...
@@ -293,7 +300,63 @@ class OperationsStore(Protocol):
     ) -> bool: ...
 
 
-class Store(DetectionStore, OutboxStore, OperationsStore, Protocol):
+class GatewayStore(Protocol):
+    """What the gateway and its callbacks use: jobs submitted through the bridge, each with
+    its client and callback. A job's callback is a delivery target like a subscriber, with
+    the id `job:<record id>` (`JOB_TARGET` + record id)."""
+
+    async def register_job(self, job: Job, *, now: float) -> int:
+        """Remember a job submitted through the gateway: its client, callback (url, events,
+        metadata), callback id and the record as the submission described it. Events of the
+        record already stored (a poll may have seen the job before this call) that the
+        callback asks for are queued for `job:<record id>` at once, due `now`. Registering
+        the same record again changes nothing. Returns how many deliveries were queued.
+        On PostgreSQL it wakes the replicas: `outbox` when it queued some, and
+        `job:<record id>` when it registered the job (the leader opens its progress
+        stream)."""
+        ...
+
+    async def job(self, record_id: str) -> Job | None:
+        """The job with its callback, and `record` as last seen: the data of the newest
+        stored event of the record that is neither `denoise.progress` nor one of the
+        bridge's own (`bridge.*`), else what `register_job` stored. None for a record not
+        submitted through the gateway."""
+        ...
+
+    async def client_jobs(
+        self, client_id: str, *, limit: int, before: str | None = None
+    ) -> list[Job]:
+        """A client's jobs, newest submitted first (jobs submitted at the same time: the
+        greater record id first), each with its record as last seen; with `before` (a
+        record id), those after that job in this order (none when it names no job of the
+        client's)."""
+        ...
+
+    async def callbacks(self, record_ids: Sequence[str]) -> dict[str, tuple[str, Callback]]:
+        """For the dispatcher: the client id and callback of each of `record_ids` that has
+        one."""
+        ...
+
+    async def claim_jobs(
+        self,
+        *,
+        now: float,
+        lease_s: float,
+        limit: int,
+        on_dead: Callable[[Delivery, Attempt], Report | None] | None = None,
+    ) -> list[Delivery]:
+        """Lease up to `limit` due pending deliveries to `job:` targets (oldest due first,
+        per-record order kept as for subscribers: a later event of a record waits for the
+        earlier one to be delivered or dead-lettered). Lost leases count an attempt and
+        dead-letter (with `on_dead`'s report) exactly as in `claim_due`."""
+        ...
+
+    async def next_job_due_at(self) -> float | None:
+        """When the earliest pending `job:` delivery becomes claimable, if any."""
+        ...
+
+
+class Store(DetectionStore, OutboxStore, OperationsStore, GatewayStore, Protocol):
     """Durable state: record states, events, the delivery outbox and attempt history."""
 
     shared: bool  # other processes may use the store at once (PostgreSQL): leases decide
@@ -314,8 +377,9 @@ class LeaderStore(Protocol):
 
     async def listen(self, on_notify: Callable[[str], None], stop: asyncio.Event) -> None:
         """Call `on_notify` with each wake-up's payload (`"outbox"`: deliveries became due;
-        `"health"`: a subscriber's health changed; `"reconnected"`: some may have been
-        missed) until `stop` is set."""
+        `"health"`: a subscriber's health changed; `"events"`: events were stored;
+        `"job:<record id>"`: a job was submitted through the gateway; `"reconnected"`: some
+        may have been missed) until `stop` is set."""
         ...
 
     async def hold_leadership(

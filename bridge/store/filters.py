@@ -16,6 +16,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bridge.models import DeliveryFilter
+from bridge.store.base import ALL_JOBS
+from bridge.store.jobs_common import JOB_RANGE
 
 # what both adapters select for a `DeliveryView` (see their `view`s)
 VIEW_COLUMNS = (
@@ -37,6 +39,7 @@ class Dialect:
     mark: str  # "?" or "%s"
     text: Callable[[str], str] = _same
     lock: str = ""  # e.g. " ORDER BY d.id FOR UPDATE OF d"
+    jobs: str = JOB_RANGE  # the condition on `d` of every job target (see `jobs_common`)
 
 
 def conditions(
@@ -95,13 +98,17 @@ def retrying(
     index `deliveries_failed`, their events joined only when `where` asks about them; with
     the dialect's `lock`, their rows are locked in id order first. `state = 'failed'` is
     checked again on each row as it is updated (a delivery retried meanwhile by someone else
-    is left alone). Returns a row per delivery retried. None: no subscriber, nothing to do."""
-    subs = list(dict.fromkeys(dialect.text(sub) for sub in subscribers))
-    if not subs:
+    is left alone). `job:*` among `subscribers` stands for every job target. Returns a row
+    per delivery retried. None: no subscriber, nothing to do."""
+    jobs = ALL_JOBS in subscribers  # every job target: a range of ids, not a list
+    subs = list(dict.fromkeys(dialect.text(sub) for sub in subscribers if sub != ALL_JOBS))
+    if not subs and not jobs:
         return None
     conds, params = conditions(dialect, replace(where, state=None))
     marks = ", ".join([dialect.mark] * len(subs))
-    conds[0:0] = ["d.state = 'failed'", f"d.subscriber_id IN ({marks})"]
+    which = [f"d.subscriber_id IN ({marks})"] if subs else []
+    which += [f"({dialect.jobs})"] if jobs else []
+    conds[0:0] = ["d.state = 'failed'", f"({' OR '.join(which)})"]
     params[0:0] = subs
     joined = where.event_type is not None or where.record_id is not None
     source = "deliveries d JOIN events e ON e.seq = d.event_seq" if joined else "deliveries d"

@@ -22,16 +22,19 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from bridge.models import (
     ALL_DELIVERIES,
     Attempt,
+    Callback,
     Delivery,
     DeliveryFilter,
     DeliveryState,
     DeliveryView,
     Event,
+    Job,
     RecordState,
     Replayed,
     Report,
 )
 from bridge.store import pg_claim as claims
+from bridge.store import pg_jobs as jobs
 from bridge.store import pg_leader as leases
 from bridge.store import pg_ops as ops
 from bridge.store import pg_retention as retention
@@ -45,7 +48,8 @@ from bridge.store.base import (
     ScanCommit,
     SubscriberHealth,
 )
-from bridge.store.claims_common import Claimed, log_lost
+from bridge.store.claims_common import Claimed, log_lost, storable
+from bridge.store.jobs_common import job_target
 from bridge.store.pg_finish import Finisher, store_report
 from bridge.store.pg_listen import EVENTS, HEALTH, OUTBOX, channel_name, listen, notify
 from bridge.store.pg_pool import Pool
@@ -393,6 +397,73 @@ class PgStore:
             return orphaned, restored
 
         return await self._db.tx("reconciling subscribers", run)
+
+    async def register_job(self, job: Job, *, now: float) -> int:
+        """Insert the job unless its record has one, and queue (due `now`, by the database's
+        clock with `db_clock`) its callback's deliveries of the record's events already
+        stored, in one transaction holding the scan lock (see `pg_jobs`). Wakes the
+        replicas: `outbox` when it queued some, `job:<record id>` when it registered it."""
+
+        async def run(conn: Conn) -> int:
+            await scans.serialize(conn)
+            registered, queued = await jobs.register(conn, job, await self._now(conn, now))
+            if queued:
+                await notify(conn, self._channel, OUTBOX)
+            if registered:
+                await notify(conn, self._channel, storable(job_target(job.record_id)))
+            return queued
+
+        return await self._db.tx("registering a job", run)
+
+    async def job(self, record_id: str) -> Job | None:
+        return await self._db.read("reading a job", lambda c: jobs.get_job(c, record_id))
+
+    async def client_jobs(
+        self, client_id: str, *, limit: int, before: str | None = None
+    ) -> list[Job]:
+        return await self._db.read(
+            "listing jobs", lambda c: jobs.client_jobs(c, client_id, limit, before)
+        )
+
+    async def callbacks(self, record_ids: Sequence[str]) -> dict[str, tuple[str, Callback]]:
+        ids = list(record_ids)
+        return await self._db.read("reading callbacks", lambda c: jobs.callbacks(c, ids))
+
+    async def claim_jobs(
+        self,
+        *,
+        now: float,
+        lease_s: float,
+        limit: int,
+        on_dead: Callable[[Delivery, Attempt], Report | None] | None = None,
+    ) -> list[Delivery]:
+        if limit <= 0:
+            return []
+        token = uuid.uuid4().hex
+
+        async def run(conn: Conn, reporting: claims.Reporting | None) -> Claimed:
+            at = await self._now(conn, now)
+            return await claims.claim_jobs(
+                conn,
+                limit,
+                now=at,
+                until=at + lease_s,
+                token=token,
+                max_attempts=self.max_attempts,
+                reporting=reporting,
+            )
+
+        claimed = await self._claim_tx(run, on_dead)
+        log_lost(claimed.lost)
+        return claimed.deliveries
+
+    async def next_job_due_at(self) -> float | None:
+        sent = time.time()
+        due, db_now = await self._db.read("reading due times", claims.next_job_due_at)
+        if due is None or not self.db_clock:
+            return due
+        self._db.measured(sent, db_now)
+        return due - self._db.clock_offset_s
 
     async def hold_leadership(
         self, replica: str, lease_s: float, *, last_poll_at: float | None

@@ -28,6 +28,7 @@ from bridge.store.claims_common import (
     lost_attempt,
     storable,
 )
+from bridge.store.jobs_common import PG_JOBS
 from bridge.store.pg_schema import Conn, lock_key
 
 # per (subscriber, record), nothing goes while an earlier event is still pending. A scalar
@@ -40,16 +41,29 @@ IN_ORDER = """
         AND p.record_id = d.record_id AND p.event_seq < d.event_seq AND p.state = 'pending'
         LIMIT 1) IS NULL
 """
-# id, subscriber, attempts, schedule_from, lease_until, next_attempt_at, event id
+
+
+def _due(which: str, limit: str) -> str:
+    """The due deliveries of the targets `which` (a condition on `d`) selects, in order, up
+    to `limit`, locked: id, subscriber, attempts, schedule_from, lease_until,
+    next_attempt_at, event id."""
+    return (
+        "SELECT d.id, d.subscriber_id, d.attempts, d.schedule_from,"
+        " d.lease_until, d.next_attempt_at, (SELECT id FROM events WHERE seq = d.event_seq)"
+        f" FROM deliveries d WHERE {which} AND d.state = 'pending'"
+        " AND d.next_attempt_at <= %(now)s AND (d.lease_until IS NULL OR d.lease_until <= %(now)s)"
+        f" AND {IN_ORDER} ORDER BY d.next_attempt_at, d.id LIMIT {limit}"
+        " FOR UPDATE OF d SKIP LOCKED"
+    )
+
+
 _DUE_LANES = (
     "SELECT x.* FROM unnest(%(subs)s::text[], %(rooms)s::integer[]) AS r (sub, room)"
-    " CROSS JOIN LATERAL (SELECT d.id, d.subscriber_id, d.attempts, d.schedule_from,"
-    " d.lease_until, d.next_attempt_at, (SELECT id FROM events WHERE seq = d.event_seq)"
-    " FROM deliveries d WHERE d.subscriber_id = r.sub AND d.state = 'pending'"
-    " AND d.next_attempt_at <= %(now)s AND (d.lease_until IS NULL OR d.lease_until <= %(now)s)"
-    " AND " + IN_ORDER + " ORDER BY d.next_attempt_at, d.id LIMIT r.room"
-    " FOR UPDATE OF d SKIP LOCKED) x"
+    " CROSS JOIN LATERAL (" + _due("d.subscriber_id = r.sub", "r.room") + ") x"
 )
+# every job target at once, by the partial index deliveries_jobs (in claim order; a lane per
+# record would be a lateral loop over every job)
+_DUE_JOBS = _due(PG_JOBS, "%(limit)s")
 _LEASE = (
     "UPDATE deliveries d SET lease_until = %s, lease_token = %s FROM events e"
     " WHERE e.seq = d.event_seq AND d.id = ANY(%s::bigint[])"
@@ -68,6 +82,12 @@ _NEXT_DUE = (
     " WHERE d.subscriber_id = ANY(%(subs)s::text[]) AND d.state = 'pending'"
     " AND d.lease_until IS NOT NULL AND d.next_attempt_at IS NOT NULL AND " + IN_ORDER + ""
     ") due"
+)
+_NEXT_JOB_DUE = (
+    "SELECT MIN(GREATEST(d.next_attempt_at, d.lease_until)),"
+    " extract(epoch FROM clock_timestamp())::double precision FROM deliveries d"
+    f" WHERE {PG_JOBS} AND d.state = 'pending' AND d.next_attempt_at IS NOT NULL"
+    f" AND {IN_ORDER}"
 )
 _EVENTS = (
     "SELECT id, type, record_id, occurred_at, previous_status, data FROM events"
@@ -111,6 +131,29 @@ async def claim(
     params = {"subs": subs, "rooms": [limit] * len(subs), "now": now}
     rows = await (await conn.execute(_DUE_LANES, params)).fetchall()
     rows = sorted(rows, key=lambda row: (row[5], row[0]))[:limit]
+    return await _lease(
+        conn,
+        rows,
+        now=now,
+        until=until,
+        token=token,
+        max_attempts=max_attempts,
+        reporting=reporting,
+    )
+
+
+async def claim_jobs(
+    conn: Conn,
+    limit: int,
+    *,
+    now: float,
+    until: float,
+    token: str,
+    max_attempts: int,
+    reporting: Reporting | None = None,
+) -> Claimed:
+    """`claim` for every `job:` target at once (oldest due first, each record's in order)."""
+    rows = await (await conn.execute(_DUE_JOBS, {"now": now, "limit": limit})).fetchall()
     return await _lease(
         conn,
         rows,
@@ -299,6 +342,13 @@ async def next_due_at(conn: Conn, subscribers: Sequence[str]) -> tuple[float | N
         {"subs": list(dict.fromkeys(subscribers))},
     )
     row = await cur.fetchone()
+    assert row is not None  # an aggregate always answers a row
+    return (None if row[0] is None else float(row[0])), float(row[1])
+
+
+async def next_job_due_at(conn: Conn) -> tuple[float | None, float]:
+    """`next_due_at` for every `job:` target, and the database's clock as it answered."""
+    row = await (await conn.execute(_NEXT_JOB_DUE)).fetchone()
     assert row is not None  # an aggregate always answers a row
     return (None if row[0] is None else float(row[0])), float(row[1])
 

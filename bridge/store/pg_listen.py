@@ -2,8 +2,11 @@
 
 A transaction that makes deliveries due at once (a scan that queued some, retry, replay,
 release, subscribers restored, a report stored) sends `outbox` on the channel, one that
-stores events (a scan, a report) sends `events`, and one that changes a subscriber's
-health sends `health`; PostgreSQL delivers them when (and only if) it commits.
+stores events (a scan, a report) sends `events`, one that changes a subscriber's
+health sends `health`, and one that registers a gateway job sends `job:<record id>` (the
+record's id as stored, after the `job:` prefix: the leader opens that job's progress
+stream); PostgreSQL delivers them when (and only if) it commits. `listen` hands every
+payload to its caller unchanged.
 Every replica listens on a connection of its own (not one of the pool's: a listening
 connection must stay open and idle), reconnecting with a growing pause when it is lost, and
 says `reconnected` after each connection, since wake-ups sent meanwhile were missed.
@@ -30,6 +33,7 @@ log = structlog.get_logger("bridge.store")
 OUTBOX = "outbox"  # deliveries became due without waiting
 HEALTH = "health"  # a subscriber's health changed
 EVENTS = "events"  # events were stored (the pull feed's long polls and streams)
+JOB = "job:"  # + a record id: a job was submitted through the gateway (see `JOB_TARGET`)
 RECONNECTED = "reconnected"  # listening (again): wake-ups may have been missed
 MAX_CHANNEL_BYTES = 63  # PostgreSQL's identifiers (NAMEDATALEN - 1)
 FIRST_PAUSE_S = 1.0

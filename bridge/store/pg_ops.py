@@ -24,11 +24,12 @@ from bridge.models import Attempt, DeliveryFilter, DeliveryState, DeliveryView, 
 from bridge.store import filters
 from bridge.store.base import PURGED_UP_TO, FeedPage, SubscriberHealth
 from bridge.store.claims_common import storable
+from bridge.store.jobs_common import PG_JOBS
 from bridge.store.pg_schema import Conn, lock_key
 
 _VIEW_COLUMNS = filters.VIEW_COLUMNS
 # a bulk retry locks its rows in id order: two of them never wait on each other in turn
-DIALECT = filters.Dialect("%s", storable, " ORDER BY d.id FOR UPDATE OF d")
+DIALECT = filters.Dialect("%s", storable, " ORDER BY d.id FOR UPDATE OF d", PG_JOBS)
 _COUNTS = (
     "SELECT subscriber_id, state, SUM(n)::bigint FROM (SELECT subscriber_id, state, n"
     " FROM delivery_counts UNION ALL SELECT subscriber_id, state, n"

@@ -8,7 +8,11 @@ Replicas purging at once skip each other's rows (`SKIP LOCKED`) rather than wait
 Orphans: pending deliveries of a subscriber no longer configured are set aside (`orphaned`):
 kept, never claimed, not counted as pending, and pending again, due at once, when the
 subscriber is configured again. The subscribers concerned are found from the counts, not
-by reading every pending delivery.
+by reading every pending delivery. Job targets (`job:<record id>`, a gateway callback) are
+no subscribers of the config: their deliveries are never orphaned.
+
+Jobs (the gateway's): a job goes once it was submitted more than twice the window ago (as
+long as a dead letter is kept) and no delivery of its callback is left (`pg_jobs`).
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ from functools import partial
 
 from bridge.models import DeliveryState
 from bridge.store.base import PURGED_UP_TO
+from bridge.store.jobs_common import is_job_target
+from bridge.store.pg_jobs import purge_jobs
 from bridge.store.pg_ops import counts_by_subscriber, fold
 from bridge.store.pg_pool import Pool
+from bridge.store.pg_scan import serialize
 from bridge.store.pg_schema import Conn
 
 _FINISHED_OLD = (
@@ -49,9 +56,10 @@ SCAN_CHUNK = 2000  # events a read looks at
 async def purge(
     db: Pool, *, now: float, retention_s: float, batch: int, after: int
 ) -> tuple[int, int]:
-    """One step of retention, in short transactions: up to `batch` expired deliveries and
-    up to `batch` lone events (looked for past seq `after`). Returns the rows deleted and
-    the seq the next step looks past. Folds the count deltas too."""
+    """One step of retention, in short transactions: up to `batch` expired deliveries, up
+    to `batch` lone events (looked for past seq `after`) and up to `batch` old jobs.
+    Returns the rows deleted and the seq the next step looks past. Folds the count deltas
+    too."""
     kept_after, dead_after = now - retention_s, now - 2 * retention_s
     deliveries, events = await db.tx(
         "deleting old deliveries",
@@ -67,8 +75,14 @@ async def purge(
         found += seqs
     if found:
         events += await db.tx("deleting old events", lambda c: delete_events(c, found, kept_after))
+    jobs = await db.tx("deleting old jobs", partial(_purge_jobs, before=dead_after, batch=batch))
     await db.tx("folding delivery counts", fold)
-    return deliveries + events, after
+    return deliveries + events + jobs, after
+
+
+async def _purge_jobs(conn: Conn, *, before: float, batch: int) -> int:
+    await serialize(conn)  # no scan routes an event to a job while it goes
+    return await purge_jobs(conn, submitted_before=before, batch=batch)
 
 
 async def purge_deliveries(
@@ -140,7 +154,11 @@ async def reconcile_subscribers(
     The caller holds the transaction."""
     known = set(configured)
     counts = await counts_by_subscriber(conn)
-    leaving = sorted(s for s, c in counts.items() if c[DeliveryState.PENDING] and s not in known)
+    leaving = sorted(
+        s
+        for s, c in counts.items()
+        if c[DeliveryState.PENDING] and s not in known and not is_job_target(s)
+    )
     back = sorted(s for s, c in counts.items() if c[DeliveryState.ORPHANED] and s in known)
     orphaned = restored = 0
     if leaving:

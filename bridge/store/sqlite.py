@@ -17,17 +17,20 @@ from bridge.errors import StoreError
 from bridge.models import (
     ALL_DELIVERIES,
     Attempt,
+    Callback,
     Delivery,
     DeliveryFilter,
     DeliveryState,
     DeliveryView,
     Event,
+    Job,
     RecordState,
     Replayed,
     Report,
 )
 from bridge.store import sqlite_claim as claims
 from bridge.store import sqlite_file as files
+from bridge.store import sqlite_jobs
 from bridge.store import sqlite_ops as ops
 from bridge.store import sqlite_retention as retention
 from bridge.store.base import (
@@ -391,8 +394,10 @@ class SqliteStore:
         """One step of retention: delete up to `batch` expired deliveries (delivered ones
         older than `retention_s`, dead letters and orphans older than twice that) with their
         attempts, and up to `batch` events older than `retention_s` with no delivery left,
-        in short transactions. Returns the deliveries and events deleted; fewer than `batch`
-        means nothing more is due now. Record states are kept."""
+        in short transactions, and up to `batch` gateway jobs submitted more than twice
+        `retention_s` ago that have no delivery left. Returns the deliveries, events and
+        jobs deleted; fewer than `batch` means nothing more is due now. Record states are
+        kept."""
         kept_after, dead_after = now - retention_s, now - 2 * retention_s
         deliveries, events = await self._tx(
             lambda c: retention.purge_deliveries(
@@ -415,7 +420,10 @@ class SqliteStore:
                 lambda c: retention.delete_events(c, found, kept_after=kept_after)
             )
         self._purged_up_to = after
-        return deliveries + events
+        jobs = await self._tx(
+            lambda c: sqlite_jobs.purge_jobs(c, submitted_before=dead_after, batch=batch)
+        )
+        return deliveries + events + jobs
 
     async def reconcile_subscribers(
         self, configured: Sequence[str], *, now: float
@@ -425,3 +433,50 @@ class SqliteStore:
         (orphaned, restored)."""
         ids = list(configured)
         return await self._tx(lambda c: retention.reconcile_subscribers(c, ids, now))
+
+    async def register_job(self, job: Job, *, now: float) -> int:
+        """Insert the job unless its record has one, and queue (due `now`) its callback's
+        deliveries of the record's events already stored, in one transaction."""
+        _, queued = await self._tx(partial(sqlite_jobs.register, job, now))
+        return queued
+
+    async def job(self, record_id: str) -> Job | None:
+        return await self._run(lambda c: sqlite_jobs.get_job(c, record_id))
+
+    async def client_jobs(
+        self, client_id: str, *, limit: int, before: str | None = None
+    ) -> list[Job]:
+        return await self._run(lambda c: sqlite_jobs.client_jobs(c, client_id, limit, before))
+
+    async def callbacks(self, record_ids: Sequence[str]) -> dict[str, tuple[str, Callback]]:
+        ids = list(record_ids)
+        return await self._run(lambda c: sqlite_jobs.callbacks(c, ids))
+
+    async def claim_jobs(
+        self,
+        *,
+        now: float,
+        lease_s: float,
+        limit: int,
+        on_dead: Callable[[Delivery, Attempt], Report | None] | None = None,
+    ) -> list[Delivery]:
+        if limit <= 0:
+            return []
+        token = uuid.uuid4().hex
+        max_attempts = self.max_attempts
+        claimed = await self._tx(
+            lambda c: claims.claim_jobs(
+                c,
+                limit,
+                now=now,
+                until=now + lease_s,
+                token=token,
+                max_attempts=max_attempts,
+                on_dead=on_dead,
+            )
+        )
+        claims.log_lost(claimed.lost)
+        return claimed.deliveries
+
+    async def next_job_due_at(self) -> float | None:
+        return await self._run(claims.next_job_due_at)

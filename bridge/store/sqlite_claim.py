@@ -21,6 +21,7 @@ from bridge.store.claims_common import (
     lost_attempt,
     storable,
 )
+from bridge.store.jobs_common import JOB_RANGE
 from bridge.store.sqlite_scan import insert_report
 
 __all__ = ["LOST_ATTEMPT", "Claimed", "Lost", "OnDead", "log_lost"]
@@ -43,12 +44,21 @@ _CLAIMED = (
     " d.next_attempt_at, d.lease_until, d.schedule_from))"
     " FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.id IN ({ids})"
 )
-_DUE = (
-    "SELECT d.id FROM deliveries d JOIN events e ON e.seq = d.event_seq"
-    " WHERE d.state = 'pending' AND d.next_attempt_at <= ?"
-    " AND (d.lease_until IS NULL OR d.lease_until <= ?)"
-    " AND d.subscriber_id IN ({subs}) AND " + IN_ORDER + " ORDER BY d.next_attempt_at, d.id LIMIT ?"
-)
+
+
+def _due(which: str) -> str:
+    """The ids of the due deliveries of the targets `which` (a condition on `d`) selects,
+    in order; parameters: now, now, limit."""
+    return (
+        "SELECT d.id FROM deliveries d JOIN events e ON e.seq = d.event_seq"
+        " WHERE d.state = 'pending' AND d.next_attempt_at <= ?"
+        " AND (d.lease_until IS NULL OR d.lease_until <= ?)"
+        f" AND {which} AND " + IN_ORDER + " ORDER BY d.next_attempt_at, d.id LIMIT ?"
+    )
+
+
+_DUE = _due("d.subscriber_id IN ({subs})")
+_DUE_JOBS = _due(JOB_RANGE)  # every job target: a range of the index deliveries_claim
 LANES_PER_CLAIM = 100  # lanes claimed for by one statement (SQLite allows 500 compound terms)
 
 
@@ -70,6 +80,29 @@ def claim(
         conn,
         due,
         params,
+        now=now,
+        until=until,
+        token=token,
+        max_attempts=max_attempts,
+        on_dead=on_dead,
+    )
+
+
+def claim_jobs(
+    conn: sqlite3.Connection,
+    limit: int,
+    *,
+    now: float,
+    until: float,
+    token: str,
+    max_attempts: int,
+    on_dead: OnDead | None = None,
+) -> Claimed:
+    """`claim` for every `job:` target at once (oldest due first, each record's in order)."""
+    return _lease(
+        conn,
+        _DUE_JOBS,
+        [now, now, limit],
         now=now,
         until=until,
         token=token,
@@ -223,11 +256,20 @@ def _count_lost(
 def next_due_at(conn: sqlite3.Connection, subscribers: Sequence[str]) -> float | None:
     """When the earliest pending delivery of `subscribers` becomes claimable, if any."""
     marks = ",".join("?" * len(subscribers))
+    return _next_due(conn, f"d.subscriber_id IN ({marks})", list(subscribers))
+
+
+def next_job_due_at(conn: sqlite3.Connection) -> float | None:
+    """When the earliest pending delivery to a `job:` target becomes claimable, if any."""
+    return _next_due(conn, JOB_RANGE, [])
+
+
+def _next_due(conn: sqlite3.Connection, which: str, params: Sequence[Any]) -> float | None:
     (value,) = conn.execute(
         "SELECT MIN(MAX(d.next_attempt_at, COALESCE(d.lease_until, 0)))"
         " FROM deliveries d JOIN events e ON e.seq = d.event_seq"
-        f" WHERE d.state = 'pending' AND d.subscriber_id IN ({marks}) AND {IN_ORDER}",
-        list(subscribers),
+        f" WHERE d.state = 'pending' AND {which} AND {IN_ORDER}",
+        params,
     ).fetchone()
     return float(value) if value is not None else None
 

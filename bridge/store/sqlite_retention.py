@@ -8,7 +8,11 @@ table.
 
 Orphans: pending deliveries of a subscriber no longer configured are set aside (`orphaned`):
 kept, never claimed, not counted as pending, and pending again, due at once, when the
-subscriber is configured again.
+subscriber is configured again. Job targets (`job:<record id>`, a gateway callback) are no
+subscribers of the config: their deliveries are never orphaned.
+
+Jobs (the gateway's): a job goes once it was submitted more than twice the window ago (as
+long as a dead letter is kept) and no delivery of its callback is left (`sqlite_jobs`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Sequence
 
 from bridge import jsontext
 from bridge.store.base import PURGED_UP_TO
+from bridge.store.jobs_common import is_job_target
 
 # finished deliveries old enough to go, by the per-state indexes on `updated_at`
 _EXPIRED = (
@@ -107,7 +112,7 @@ def reconcile_subscribers(
     for (sub,) in conn.execute(
         "SELECT subscriber_id FROM delivery_counts WHERE state = 'pending' AND n > 0"
     ).fetchall():
-        if sub not in known:
+        if sub not in known and not is_job_target(sub):  # a job's callback: no config
             orphaned += conn.execute(
                 "UPDATE deliveries SET state = 'orphaned', lease_until = NULL,"
                 " lease_token = NULL, updated_at = ? WHERE subscriber_id = ?"

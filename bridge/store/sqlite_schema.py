@@ -131,6 +131,24 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE deliveries ADD COLUMN schedule_from INTEGER NOT NULL DEFAULT 0;
     """,
+    # jobs submitted through the gateway: whose, when, and the callback (its events and
+    # metadata as JSON text; no url: no callback), with the record as the submission
+    # described it (JSON text); a client's jobs are listed newest first, retention finds
+    # old ones by `submitted_at`
+    """
+    CREATE TABLE jobs (
+        record_id TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        submitted_at REAL NOT NULL,
+        callback_id TEXT,
+        callback_url TEXT,
+        callback_events TEXT,
+        callback_metadata TEXT,
+        record TEXT
+    );
+    CREATE INDEX jobs_client ON jobs (client_id, submitted_at DESC, record_id DESC);
+    CREATE INDEX jobs_submitted ON jobs (submitted_at);
+    """,
 )
 
 

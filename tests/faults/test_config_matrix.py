@@ -29,6 +29,7 @@ API_KEY = "mk-live-3b9e51c07d2a4f68"
 SECRET = make_secret(seed=7)
 SHORT_SECRET = make_secret(seed=9, size=20)  # well-formed but too short
 OTHER_SECRET = make_secret(seed=11)
+CLIENT_TOKEN = "client-4471-token-0123456789"
 
 Tables = dict[str, dict[str, str]]
 
@@ -43,13 +44,15 @@ def base_tables(tmp_path: Path) -> Tables:
             "url": '"https://example.com/hook"',
             "secret": f'"{SECRET}"',
         },
+        "clients[0]": {"id": '"app"', "token": f'"{CLIENT_TOKEN}"', "secret": f'"{OTHER_SECRET}"'},
     }
 
 
 def render(tables: Tables) -> str:
     lines: list[str] = []
     for section, values in tables.items():
-        lines.append("[[subscribers]]" if section.startswith("subscribers[") else f"[{section}]")
+        table, bracket, _ = section.partition("[")
+        lines.append(f"[[{table}]]" if bracket else f"[{section}]")
         lines += [f"{key} = {value}" for key, value in values.items()]
     return "\n".join(lines) + "\n"
 
@@ -184,6 +187,41 @@ ROWS = [
         "must not contain line breaks or other control characters",
         hidden="tok-5521-secret",
     ),
+    # [gateway]
+    Row("gateway.enabled", '"sometimes"', "Input should be a valid boolean"),
+    Row("gateway.host", '"not a host!"', "must be an IP address or a host name"),
+    Row("gateway.port", "65536", "Input should be less than or equal to 65535"),
+    Row("gateway.max_upload_bytes", "0", "Input should be greater than or equal to 1"),
+    # [[clients]]
+    Row("clients[0].id", '"App"', "must be a slug"),
+    Row("clients[0].token", '"tok-8812-short"', "at least 16 characters", hidden="tok-8812-short"),
+    Row(
+        "clients[0].token_env",
+        '"MATRIX_UNSET_TOKEN"',
+        "environment variable MATRIX_UNSET_TOKEN is not set",
+        drop="token",
+    ),
+    Row(
+        "clients[0].token_file",
+        '"no-such-token"',
+        "cannot read {dir}/no-such-token (No such file or directory)",
+        drop="token",
+    ),
+    Row(
+        "clients[0].secret",
+        '"sk_live_77leaky0secret"',
+        "must start with 'whsec_'",
+        hidden="sk_live_77leaky0secret",
+    ),
+    Row(
+        "clients[0].secret_env",
+        '"MATRIX_UNSET_SECRET"',
+        "environment variable MATRIX_UNSET_SECRET is not set",
+        drop="secret",
+    ),
+    Row("clients[0].secret_file", '"/etc/hostname"', "cannot be combined with secret"),
+    Row("clients[0].allowed_callback_hosts", '["ok.example", "a b"]', "item 1:"),
+    Row("clients[0].account", '"eu"', "no account 'eu' (known: default)"),
     # [log]
     Row("log.level", '"verbose"', "Input should be 'debug', 'info', 'warning' or 'error'"),
     Row("log.format", '"yaml"', "Input should be 'json', 'console' or 'auto'"),
@@ -376,7 +414,7 @@ def test_bad_value_exits_2_and_names_the_key(
 SECTIONS = [name for name, f in Settings.model_fields.items() if _is_model(f.annotation)]
 
 
-@pytest.mark.parametrize("section", [*SECTIONS, "subscribers[0]"])
+@pytest.mark.parametrize("section", [*SECTIONS, "subscribers[0]", "clients[0]"])
 def test_unknown_key_in_every_section_is_named(
     tmp_path: Path, section: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -227,7 +227,10 @@ def test_check_reports_an_unusable_store(
 def test_example_config_is_valid_and_documents_every_key(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from pydantic import BaseModel
+
     from bridge.config import Settings
+    from bridge.config_gateway import ClientConfig
 
     example = Path(__file__).parents[2] / "config" / "bridge.example.toml"
     monkeypatch.setenv("MUNSIT_API_KEY", "k")
@@ -249,8 +252,10 @@ def test_example_config_is_valid_and_documents_every_key(
     # every key is documented, in force or commented out
     for section in Settings.model_fields:
         assert f"[{section}]" in text or f"[[{section}]]" in text, section
-        sub_model = (
-            settings.subscribers[0] if section == "subscribers" else getattr(settings, section)
-        )
-        for key in type(sub_model).model_fields:
+        tables: dict[str, type[BaseModel]] = {
+            "subscribers": type(settings.subscribers[0]),
+            "clients": ClientConfig,
+        }
+        model = tables.get(section) or type(getattr(settings, section))
+        for key in model.model_fields:
             assert f"\n{key} = " in text or f"\n# {key} = " in text, f"{section}.{key}"

@@ -1,0 +1,358 @@
+"""The gateway's HTTP app: Munsit's own paths and error shape, in front of Munsit.
+
+- `POST /api/v1/denoise` (multipart `audio`, optional `callback_url`, `callback_events`,
+  `metadata`): checked, then the audio is sent on to Munsit's `POST /denoise` as it arrives
+  (see `bridge.gateway.upload` for the order of the parts and when the audio is spooled to a
+  temporary file instead); Munsit's `{jobId, denoiseId}` plus `callback_id`, or Munsit's
+  error as it sent it.
+- `GET /api/v1/denoise/{id}`: the client's job as last seen; `GET /api/v1/denoise`: its jobs,
+  newest first; `GET /api/v1/denoise/{id}/progress`: Munsit's progress stream, relayed.
+
+A client is known by its token (`x-api-key` or `Authorization: Bearer`), compared in constant
+time with every client's. Tokens, API keys and the path or query of a callback URL are never
+logged nor echoed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from bridge.config_gateway import ClientConfig
+from bridge.gateway.errors import (
+    BAD_ANSWER,
+    BAD_QUERY,
+    MISSING_AUDIO,
+    NO_ANSWER,
+    NOT_FOUND,
+    NOT_REGISTERED,
+    UNAUTHORIZED,
+    UNREACHABLE,
+    GatewayError,
+    error_response,
+)
+from bridge.gateway.form import Options
+from bridge.gateway.host import GATEWAY_HOST, GatewayHost
+from bridge.gateway.multipart import multipart_reader
+from bridge.gateway.upload import FORM_SLACK_BYTES, AudioPart, Intake, too_large
+from bridge.models import Callback, Job
+from bridge.redact import redact_url
+from bridge.upstream.submit import (
+    Answer,
+    SubmitTimeout,
+    SubmitUnreachable,
+    open_progress,
+    read_answer,
+    submit_audio,
+)
+
+log = structlog.get_logger("bridge.gateway")
+
+PREFIX = "/api/v1"
+CLOSE_GRACE_S = 1.0  # after an answer sent before the body was read: time to read it
+LIST_BATCH = 500
+
+
+def create_gateway_app(host: GatewayHost) -> web.Application:
+    app = web.Application(middlewares=[_errors], client_max_size=64 * 1024)
+    app[GATEWAY_HOST] = host
+    app.router.add_post(f"{PREFIX}/denoise", _submit)
+    app.router.add_get(f"{PREFIX}/denoise", _list)
+    app.router.add_get(f"{PREFIX}/denoise/{{id}}", _one)
+    app.router.add_get(f"{PREFIX}/denoise/{{id}}/progress", _progress)
+    return app
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    response = await _answer(request, handler)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    _host(request).metrics.gateway_requests.labels(route, str(response.status)).inc()
+    return response
+
+
+async def _answer(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except GatewayError as exc:
+        return await _answer_error(request, exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, f"{exc.status}00", exc.reason)
+
+
+async def _answer_error(request: web.Request, exc: GatewayError) -> web.StreamResponse:
+    response = error_response(exc.status, exc.code, exc.message)
+    if not exc.close:
+        return response
+    # the rest of the body is not read: answer, stop reading, hang up shortly after
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    transport = request.transport
+    if transport is not None:
+        transport.pause_reading()
+        asyncio.get_running_loop().call_later(CLOSE_GRACE_S, transport.close)
+    return response
+
+
+def _host(request: web.Request) -> GatewayHost:
+    return request.app[GATEWAY_HOST]
+
+
+def authenticate(request: web.Request) -> ClientConfig:
+    """The client whose token the request carries; 401 otherwise."""
+    given = request.headers.get("x-api-key")
+    if given is None:
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        given = value.strip() if scheme.lower() == "bearer" else None
+    if not given:
+        raise GatewayError(401, *UNAUTHORIZED)
+    token = given.encode("utf-8", "surrogateescape")
+    found: ClientConfig | None = None
+    for client in _host(request).settings.clients:  # every one compared, whichever matches
+        if hmac.compare_digest(token, client.token.get_secret_value().encode()):
+            found = client
+    if found is None:
+        raise GatewayError(401, *UNAUTHORIZED)
+    return found
+
+
+def _iso(ts: float) -> str:
+    moment = datetime.fromtimestamp(ts, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+async def _submit(request: web.Request) -> web.StreamResponse:
+    host = _host(request)
+    unread = request.body_exists and not request.content.at_eof()
+    try:  # refused before the body is read: not read at all (it may be 200 MB)
+        client = authenticate(request)
+        if request.content_type != "multipart/form-data":
+            raise GatewayError(400, *MISSING_AUDIO)
+    except GatewayError as exc:
+        exc.close = unread
+        raise
+    settings = host.settings
+    cap = settings.gateway.max_upload_bytes
+    length = request.content_length
+    if length is not None and length > cap + FORM_SLACK_BYTES:
+        raise too_large(cap)
+    try:
+        reader = multipart_reader(request)
+    except (ValueError, AssertionError):
+        raise GatewayError(400, *MISSING_AUDIO) from None
+    checked: list[Callback | None] = [None]
+
+    async def check(options: Options) -> None:
+        allow = settings.delivery.allow_private_destinations
+        checked[0] = await options.callback(client, allow_private=allow)
+
+    async def send(chunks: AsyncIterator[bytes], audio: AudioPart, size: int | None) -> Answer:
+        return await submit_audio(
+            host.upstream,
+            base_url=settings.upstream.base_url,
+            api_key=settings.upstream.api_key,
+            file_name=audio.file_name,
+            content_type=audio.content_type,
+            chunks=chunks,
+            timeout_s=settings.upstream.request_timeout_s,
+            size=size,
+        )
+
+    intake = Intake(reader, cap=cap, check=check)
+    try:
+        audio, answer = await intake.submit(send)
+    except SubmitUnreachable as exc:
+        log.warning("gateway: Munsit unreachable", client=client.id, error=str(exc))
+        raise GatewayError(502, UNREACHABLE, "Munsit could not be reached") from None
+    except SubmitTimeout as exc:
+        log.warning("gateway: Munsit did not answer", client=client.id, error=str(exc))
+        raise GatewayError(504, NO_ANSWER, "Munsit did not answer in time") from None
+    except ValueError:  # a malformed multipart body
+        raise GatewayError(400, *MISSING_AUDIO, close=True) from None
+    except (ConnectionError, asyncio.IncompleteReadError):  # the client went away
+        raise GatewayError(400, *MISSING_AUDIO, close=True) from None
+    if answer.status != 200:
+        return _pass_through(request, answer, client)
+    return await _accepted(request, host, client, audio, answer, checked[0])
+
+
+def _pass_through(request: web.Request, answer: Answer, client: ClientConfig) -> web.Response:
+    """Munsit's error as it sent it (a body not in its error shape is put in it)."""
+    log.info("gateway: Munsit refused a submission", client=client.id, status=answer.status)
+    body: Any = None
+    with contextlib.suppress(ValueError):
+        body = json.loads(answer.body)
+    if not (isinstance(body, dict) and "errorCode" in body and "errorMessage" in body):
+        body = {
+            "errorCode": f"{answer.status}00",
+            "errorMessage": f"Munsit answered {answer.status}",
+        }
+    response = web.json_response(body, status=answer.status)
+    if answer.retry_after is not None:
+        response.headers["Retry-After"] = answer.retry_after
+    if answer.early:  # Munsit answered before the whole upload was read: the rest is not
+        response.force_close()
+        if request.transport is not None:
+            request.transport.pause_reading()
+            asyncio.get_running_loop().call_later(CLOSE_GRACE_S, request.transport.close)
+    return response
+
+
+async def _accepted(
+    request: web.Request,
+    host: GatewayHost,
+    client: ClientConfig,
+    audio: AudioPart,
+    answer: Answer,
+    callback: Callback | None,
+) -> web.Response:
+    body: Any = None
+    with contextlib.suppress(ValueError):
+        body = json.loads(answer.body)
+    record_id = body.get("denoiseId") if isinstance(body, dict) else None
+    if not isinstance(record_id, str) or not record_id:
+        log.error("gateway: Munsit accepted a submission without a denoiseId", client=client.id)
+        raise GatewayError(502, BAD_ANSWER, "Munsit answered 200 without a denoiseId")
+    assert isinstance(body, dict)
+    now = host.clock.now()
+    callback_id = "cb_" + secrets.token_urlsafe(16) if callback is not None else None
+    _, dot, ext = audio.file_name.rpartition(".")
+    stamp = _iso(now)
+    record = {
+        "id": record_id,
+        "status": "pending",
+        "file_name": audio.file_name,
+        "audio_size": audio.size,
+        "audio_format": ext.lower() if dot else None,
+        "audio_url": None,
+        "error": None,
+        "created_at": stamp,
+        "updated_at": stamp,
+    }
+    job = Job(
+        record_id=record_id,
+        client_id=client.id,
+        submitted_at=now,
+        callback_id=callback_id,
+        callback=callback,
+        record=record,
+    )
+    try:
+        await host.jobs.register_job(job, now=now)
+    except Exception as exc:  # the job exists at Munsit: say which, so it can be looked up
+        log.error(
+            "gateway: job submitted but not registered",
+            client=client.id,
+            record_id=record_id,
+            error=type(exc).__name__,
+        )
+        raise GatewayError(
+            500,
+            NOT_REGISTERED,
+            f"Munsit accepted the job as {record_id}, but the bridge could not record it:"
+            " no callback will be sent for it",
+        ) from None
+    host.watch(record_id)
+    log.info(
+        "gateway: job submitted",
+        client=client.id,
+        record_id=record_id,
+        size=audio.size,
+        callback=redact_url(callback.url) if callback else None,
+        callback_id=callback_id,
+        spooled=audio.spooled,
+    )
+    return web.json_response({**body, "callback_id": callback_id})
+
+
+async def _own_job(request: web.Request, client: ClientConfig) -> Job:
+    job = await _host(request).jobs.job(request.match_info["id"])
+    if job is None or job.client_id != client.id:
+        raise GatewayError(404, *NOT_FOUND)
+    return job
+
+
+def _record(job: Job) -> dict[str, Any]:
+    if job.record is not None:
+        return dict(job.record)
+    return {"id": job.record_id, "status": "pending"}
+
+
+async def _one(request: web.Request) -> web.StreamResponse:
+    client = authenticate(request)
+    return web.json_response(_record(await _own_job(request, client)))
+
+
+def _query_int(request: web.Request, name: str, minimum: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < minimum:
+        raise GatewayError(400, BAD_QUERY, f"{name} must be an integer >= {minimum}")
+    return int(raw)
+
+
+async def _list(request: web.Request) -> web.StreamResponse:
+    """The client's jobs, newest first, Munsit's bare array (`offset`, `limit` as Munsit's:
+    without `limit`, all of them)."""
+    client = authenticate(request)
+    offset = _query_int(request, "offset", 0) or 0
+    limit = _query_int(request, "limit", 1)
+    jobs = _host(request).jobs
+    wanted = None if limit is None else offset + limit
+    found: list[Job] = []
+    before: str | None = None
+    while wanted is None or len(found) < wanted:
+        batch = LIST_BATCH if wanted is None else min(LIST_BATCH, wanted - len(found))
+        page = await jobs.client_jobs(client.id, limit=batch, before=before)
+        found += page
+        if len(page) < batch:
+            break
+        before = page[-1].record_id
+    return web.json_response([_record(job) for job in found[offset:wanted]])
+
+
+async def _progress(request: web.Request) -> web.StreamResponse:
+    """Munsit's progress stream of the client's job, relayed as it comes."""
+    client = authenticate(request)
+    job = await _own_job(request, client)
+    settings = _host(request).settings
+    try:
+        async with open_progress(
+            _host(request).upstream,
+            base_url=settings.upstream.base_url,
+            api_key=settings.upstream.api_key,
+            record_id=job.record_id,
+            timeout_s=settings.upstream.request_timeout_s,
+        ) as upstream:
+            if upstream.status != 200:
+                answer = Answer(upstream.status, await read_answer(upstream), "")
+                return _pass_through(request, answer, client)
+            response = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            )
+            await response.prepare(request)
+            with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+            return response
+    except SubmitUnreachable:
+        raise GatewayError(502, UNREACHABLE, "Munsit could not be reached") from None
+    except SubmitTimeout:
+        raise GatewayError(504, NO_ANSWER, "Munsit did not answer in time") from None

@@ -1,0 +1,151 @@
+"""The submission's own fields: `callback_url`, `callback_events` and `metadata`, checked
+before anything is sent to Munsit (400 for a malformed field, 422 for a callback URL the
+client may not use or the SSRF rules refuse)."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import ipaddress
+import json
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from bridge.config_gateway import CALLBACK_EVENTS, DEFAULT_CALLBACK_EVENTS, ClientConfig
+from bridge.deliver.guard import forbidden_reason
+from bridge.gateway.errors import BAD_FIELD, REFUSED_CALLBACK, GatewayError
+from bridge.models import Callback
+from bridge.redact import redact_url
+
+OPTION_FIELDS = ("callback_url", "callback_events", "metadata")
+MAX_METADATA_BYTES = 4096
+MAX_URL_CHARS = 2048
+MAX_FIELD_BYTES = {"callback_url": MAX_URL_CHARS, "callback_events": 1024, "metadata": 16384}
+RESOLVE_TIMEOUT_S = 3.0
+
+
+def bad(message: str) -> GatewayError:
+    return GatewayError(400, BAD_FIELD, message)
+
+
+def refused(message: str) -> GatewayError:
+    return GatewayError(422, REFUSED_CALLBACK, message)
+
+
+@dataclass
+class Options:
+    """The option fields as received (each at most once)."""
+
+    seen: dict[str, str] = field(default_factory=dict)
+
+    def add(self, name: str, raw: bytes) -> None:
+        if name in self.seen:
+            raise bad(f"{name} is given twice")
+        try:
+            self.seen[name] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad(f"{name} is not UTF-8 text") from None
+
+    def events(self) -> tuple[str, ...]:
+        raw = self.seen.get("callback_events")
+        if raw is None:
+            return DEFAULT_CALLBACK_EVENTS
+        events: list[str] = []
+        for item in raw.split(","):
+            name = item.strip()
+            if not name:
+                continue
+            if name not in CALLBACK_EVENTS:
+                allowed = ", ".join(sorted(CALLBACK_EVENTS))
+                raise bad(f"callback_events: unknown event {name[:64]!r} (allowed: {allowed})")
+            if name not in events:
+                events.append(name)
+        if not events:
+            raise bad("callback_events names no event")
+        return tuple(events)
+
+    def metadata(self) -> dict[str, Any] | None:
+        raw = self.seen.get("metadata")
+        if raw is None:
+            return None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            raise bad("metadata is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise bad("metadata must be a JSON object")
+        encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(encoded) > MAX_METADATA_BYTES:
+            raise bad(f"metadata is {len(encoded)} bytes encoded, over {MAX_METADATA_BYTES}")
+        return value
+
+    async def callback(self, client: ClientConfig, *, allow_private: bool) -> Callback | None:
+        """The callback the fields describe, every field checked; None without callback_url
+        (callback_events and metadata are still checked)."""
+        events, metadata = self.events(), self.metadata()
+        url = self.seen.get("callback_url")
+        if url is None:
+            return None
+        url = url.strip()
+        await check_callback_url(url, client.allowed_callback_hosts, allow_private=allow_private)
+        return Callback(url=url, events=events, metadata=metadata)
+
+
+def host_allowed(host: str, globs: Sequence[str]) -> bool:
+    """Whether `host` matches one of the (lower-case) globs; an empty list allows any."""
+    if not globs:
+        return True
+    host = host.lower().removesuffix(".")
+    return any(fnmatch.fnmatchcase(host, glob) for glob in globs)
+
+
+async def check_callback_url(url: str, globs: Sequence[str], *, allow_private: bool) -> None:
+    """Raise 422 for a URL that is not http(s) with a host, a host outside `globs` or one
+    the SSRF rules refuse (a literal IP in a refused range, a name that does not resolve or
+    resolves only to refused addresses; not checked when `allow_private`)."""
+    if len(url) > MAX_URL_CHARS:
+        raise refused(f"callback_url is longer than {MAX_URL_CHARS} characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise refused("callback_url is not a valid URL") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise refused("callback_url must be an http or https URL with a host")
+    host = parts.hostname.removesuffix(".")
+    shown = redact_url(url)
+    if not host_allowed(host, globs):
+        raise refused(f"callback_url host {host} is not in this client's allowed_callback_hosts")
+    if allow_private:
+        return
+    reason = await ssrf_problem(host, port or (443 if parts.scheme.lower() == "https" else 80))
+    if reason is not None:
+        raise refused(f"callback_url {shown} refused: {reason}")
+
+
+async def ssrf_problem(host: str, port: int) -> str | None:
+    """Why the SSRF rules refuse `host`, or None (the checks of `munsit-bridge check`)."""
+    try:
+        literal = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        literal = None
+    if literal is not None:
+        reason = forbidden_reason(literal)
+        return f"{reason} address" if reason else None
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except TimeoutError:
+        return f"{host} did not resolve within {RESOLVE_TIMEOUT_S:g} s"
+    except OSError:
+        return f"{host} does not resolve"
+    addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
+    found = {ip: forbidden_reason(ip) for ip in addresses}
+    if not addresses or not all(found.values()):
+        return None
+    listed = ", ".join(f"{ip} ({why})" for ip, why in sorted(found.items(), key=str))
+    return f"{host} resolves only to refused addresses: {listed}"
