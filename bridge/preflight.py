@@ -26,6 +26,10 @@ from bridge.store.look import look, store_line
 RESOLVE_TIMEOUT_S = 3.0
 EMITTED = (CREATED, COMPLETED, FAILED_EVENT, PROGRESS, *REPORTS)  # not bridge.test
 NO_SUBSCRIBERS = "warning: no subscribers: events are recorded but sent nowhere"
+CALLBACKS_ONLY = (
+    "warning: no subscribers: events are recorded and sent only to the callbacks of jobs "
+    "submitted through the gateway"
+)
 Emit = Callable[[str], None]
 
 
@@ -82,7 +86,7 @@ async def warnings(settings: Settings) -> list[str]:
     """Every `warning:` line for this configuration (destinations resolved concurrently)."""
     subs = settings.subscribers
     if not subs:
-        return [NO_SUBSCRIBERS]
+        return [CALLBACKS_ONLY if settings.gateway.enabled else NO_SUBSCRIBERS]
     allow = settings.delivery.allow_private_destinations
     found = await asyncio.gather(*(destination_problem(s, allow_private=allow) for s in subs))
     lines: list[str] = []

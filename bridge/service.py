@@ -223,6 +223,11 @@ class Service:
             raise BridgeError("the gateway is not enabled (gateway.enabled = false)")
         return self._gateway_session
 
+    async def baseline_recorded(self) -> bool:
+        """Whether the first poll has recorded what Munsit held: before it, a job submitted
+        through the gateway could finish unseen (the baseline notes, it does not announce)."""
+        return await self.store.baseline_done()
+
     def watch(self, record_id: str) -> None:
         """A job was just submitted through the gateway: follow its progress now (the
         replica that polls does; on another, the store's NOTIFY `job:<id>` tells it), and

@@ -27,6 +27,10 @@ GATHER_TURNS = 3  # turns of the event loop a claim waits, so that it grows
 SHARED_RECHECK_S = 0.25
 # and with nothing due, it looks this often even without a wake-up (a missed NOTIFY, say)
 SHARED_IDLE_WAIT_S = 5.0
+# a queued callback held back by its busy endpoint beyond the lane's cap of such, or whose
+# callback could not be looked up, is handed back due this much later: the claims move on
+# to other endpoints' callbacks meanwhile, and it is not claimed again at once
+HELD_BACK_S = 5.0
 
 
 class Ahead:
@@ -62,6 +66,9 @@ class Ahead:
         # a queued callback whose endpoint has its share of the lane in flight waits; the
         # others behind it go first (set by the dispatcher)
         self.blocked: Callable[[Delivery], bool] = lambda _delivery: False
+        # a queued callback whose callback is not known (its look-up failed) is handed back
+        # (due `HELD_BACK_S` later) rather than held: it is looked up again when claimed again
+        self.unresolved: Callable[[Delivery], bool] = lambda _delivery: False
         # a claim that dead-letters a delivery (its lease ran out with no outcome, its last
         # attempt) stores `on_dead`'s report of it; `on_reports` hears of those a claim stored
         self._on_dead = on_dead
@@ -78,7 +85,8 @@ class Ahead:
         self._on_ready = on_ready
         self._queues: dict[str, deque[tuple[Delivery, float]]] = {sid: deque() for sid in lanes}
         self._queued_ids: set[int] = set()
-        self._stale: list[Delivery] = []  # dropped from a queue, still leased: handed back
+        # dropped from a queue, still leased: handed back, due when given (None: at once)
+        self._stale: list[tuple[Delivery, float | None]] = []
         self._claim: asyncio.Task[None] | None = None
         self._handing_back: asyncio.Task[None] | None = None
         self._dry: set[str] = set()
@@ -112,7 +120,7 @@ class Ahead:
             delivery, claimed_at = queue.popleft()
             if now - claimed_at > self._usable_s:
                 self._queued_ids.discard(delivery.id)
-                self._stale.append(delivery)
+                self._stale.append((delivery, None))
             elif sid == JOB_LANE and self.blocked(delivery):
                 held.append((delivery, claimed_at))
             else:
@@ -128,9 +136,31 @@ class Ahead:
             return len(self._queues[sid])
         return sum(1 for delivery, _ in self._queues[sid] if not self.blocked(delivery))
 
+    def _park(self, now: float) -> None:
+        """Keep at most the lane's `max_concurrency` callbacks that `blocked` holds back
+        queued (the first ones: they go as soon as their endpoint frees); hand the others,
+        and those `unresolved`, back due `HELD_BACK_S` later. Held ones take none of the claims'
+        budget, and a hanging endpoint's oldest callbacks, handed back, let the claims reach
+        the other endpoints' ones without claiming those again at once."""
+        queue = self._queues.get(JOB_LANE)
+        if not queue:
+            return
+        held = self._lanes[JOB_LANE].max_concurrency
+        kept: deque[tuple[Delivery, float]] = deque()
+        for item in queue:
+            delivery = item[0]
+            if self.unresolved(delivery) or (self.blocked(delivery) and (held := held - 1) < 0):
+                self._queued_ids.discard(delivery.id)
+                self._stale.append((delivery, now + HELD_BACK_S))
+            else:
+                kept.append(item)
+        if len(kept) < len(queue):
+            self._queues[JOB_LANE] = kept
+
     def claim(self, now: float, order: Sequence[str]) -> None:
         """Start a claim in the background for the lanes (in `order`) running short. It looks
         a few turns of the event loop later, so the answers arriving meanwhile share it."""
+        self._park(now)
         if self._stale and (self._handing_back is None or self._handing_back.done()):
             stale, self._stale = self._stale, []
             self._handing_back = asyncio.create_task(self._hand_back(stale))
@@ -142,7 +172,8 @@ class Ahead:
             self._claim = asyncio.create_task(self._run_claim(order))
 
     def _rooms(self, now: float, order: Sequence[str]) -> list[tuple[str, int]]:
-        budget = self._budget - sum(len(q) for q in self._queues.values())
+        # held-back callbacks (at most the lane's cap of them, `_park`) use none of it
+        budget = self._budget - sum(self.startable(sid) for sid in self._queues)
         rooms: list[tuple[str, int]] = []
         for sid in order:
             lane, queued = self._lanes[sid], self.startable(sid)
@@ -208,9 +239,11 @@ class Ahead:
                 )
                 if made and self._on_reports is not None:
                     self._on_reports([r for r in made.values() if r.event.id not in reported])
-                self._queue(jobs, now, got)
-                if jobs and self._on_jobs is not None:
-                    await self._on_jobs(jobs)
+                try:  # looked up before they can start: their endpoint's cap applies
+                    if jobs and self._on_jobs is not None:
+                        await self._on_jobs(jobs)
+                finally:  # leased: queued whatever happened (`_park` hands unknown ones back)
+                    self._queue(jobs, now, got)
             short = [sid for sid, want in rooms if got[sid] < want]
             if short and changes == self._changes:
                 due = await self._next_due([*self._dry, *short])
@@ -265,11 +298,13 @@ class Ahead:
         latest = now + SHARED_IDLE_WAIT_S
         return latest if due is None else min(latest, max(now + SHARED_RECHECK_S, due))
 
-    async def _hand_back(self, stale: list[Delivery]) -> None:
-        """Release deliveries whose lease got too short to send them: due again now."""
-        for delivery in stale:
+    async def _hand_back(self, stale: list[tuple[Delivery, float | None]]) -> None:
+        """Release deliveries whose lease got too short to send them (due again now) or
+        that were parked (due when given)."""
+        for delivery, due in stale:
             try:
-                await self._store.release(delivery, now=self._now())
+                now = self._now()
+                await self._store.release(delivery, now=now if due is None else max(now, due))
             except Exception as exc:  # the lease runs out on its own
                 log.warning(
                     "cannot hand a delivery back",
@@ -285,7 +320,11 @@ class Ahead:
                 await asyncio.gather(task, return_exceptions=True)
 
     async def release(self, now: float, sids: Sequence[str] | None = None) -> None:
-        """Hand queued deliveries back to the store, due now (all lanes, or `sids`)."""
+        """Hand queued deliveries back to the store, due now (all lanes, or `sids`); all
+        lanes: those waiting to be handed back too."""
+        if sids is None and self._stale:
+            stale, self._stale = self._stale, []
+            await self._hand_back(stale)
         for sid in self._queues if sids is None else sids:
             queue = self._queues[sid]
             while queue:

@@ -79,6 +79,11 @@ class Callbacks:
         while len(self._cache) > CACHED_RECORDS:
             self._cache.popitem(last=False)
 
+    def known(self, target_id: str) -> bool:
+        """Whether the callback of a `job:<record id>` target was looked up (and cached),
+        found or not."""
+        return record_of(target_id) in self._cache
+
     def url(self, target_id: str) -> str:
         """The callback URL of a `job:<record id>` target, if cached ("" otherwise): its
         secret parts are hidden from the error text of a dead letter's report."""

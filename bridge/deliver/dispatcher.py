@@ -122,6 +122,7 @@ class Dispatcher:
             on_jobs=None if self._callbacks is None else self._callbacks.prefetch,
         )
         self._ahead.blocked = self._endpoint_busy
+        self._ahead.unresolved = self._unresolved
         # health writes carrying a disable's report that failed for good: tried again (one
         # per subscriber) until the report lands or the dispatcher stops
         self._health_retries: dict[str, asyncio.Task[None]] = {}
@@ -292,15 +293,27 @@ class Dispatcher:
         return started, min(waits) if waits else None
 
     def _endpoint(self, delivery: Delivery) -> str | None:
-        """A callback's endpoint (scheme, host and port; "" while its callback is not
-        looked up yet), None for a subscriber's delivery."""
+        """A callback's endpoint (scheme, host and port; "" when it is not looked up yet
+        or has no callback stored), None for a subscriber's delivery."""
         if self._callbacks is None or lane_of(delivery.subscriber_id) != JOB_LANE:
             return None
         url = self._callbacks.url(delivery.subscriber_id)
         parts = urlsplit(url)
         return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}" if url else ""
 
+    def _unresolved(self, delivery: Delivery) -> bool:
+        """A callback whose callback is not looked up (yet, or its look-up failed)."""
+        return (
+            self._callbacks is not None
+            and lane_of(delivery.subscriber_id) == JOB_LANE
+            and not self._callbacks.known(delivery.subscriber_id)
+        )
+
     def _endpoint_busy(self, delivery: Delivery) -> bool:
+        """Held back: a callback whose endpoint has its share in flight, or whose endpoint
+        is not known yet (it would count against no endpoint's share)."""
+        if self._unresolved(delivery):
+            return True
         endpoint = self._endpoint(delivery)
         return endpoint is not None and self._endpoints[endpoint] >= self._per_endpoint
 

@@ -1,10 +1,11 @@
 """The gateway's HTTP app: Munsit's own paths and error shape, in front of Munsit.
 
 - `POST /api/v1/denoise` (multipart `audio`, optional `callback_url`, `callback_events`,
-  `metadata`): checked, then the audio is sent on to Munsit's `POST /denoise` as it arrives
-  (see `bridge.gateway.upload` for the order of the parts and when the audio is spooled to a
-  temporary file instead); Munsit's `{jobId, denoiseId}` plus `callback_id`, or Munsit's
-  error as it sent it.
+  `metadata`): checked, then the audio is streamed on to Munsit's `POST /denoise` as it
+  arrives (see `bridge.gateway.upload` for the order of the parts); Munsit's
+  `{jobId, denoiseId}` plus `callback_id`, or Munsit's error as it sent it. Until the
+  bridge's first poll has recorded what Munsit holds, 503 (a job finished before that
+  baseline would never be called back).
 - `GET /api/v1/denoise/{id}`: the client's job as last seen; `GET /api/v1/denoise`: its jobs,
   newest first; `GET /api/v1/denoise/{id}/progress`: Munsit's progress stream, relayed.
 
@@ -20,6 +21,7 @@ import contextlib
 import hmac
 import json
 import secrets
+import unicodedata
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +37,7 @@ from bridge.gateway.errors import (
     MISSING_AUDIO,
     NO_ANSWER,
     NOT_FOUND,
+    NOT_READY,
     NOT_REGISTERED,
     UNAUTHORIZED,
     UNREACHABLE,
@@ -44,7 +47,13 @@ from bridge.gateway.errors import (
 from bridge.gateway.form import Options
 from bridge.gateway.host import GATEWAY_HOST, GatewayHost
 from bridge.gateway.multipart import multipart_reader
-from bridge.gateway.upload import FORM_SLACK_BYTES, AudioPart, Intake, too_large
+from bridge.gateway.upload import (
+    FIELDS_BYTES,
+    FORM_SLACK_BYTES,
+    AudioPart,
+    Intake,
+    too_large,
+)
 from bridge.models import Callback, Job
 from bridge.redact import redact_url
 from bridge.upstream.submit import (
@@ -61,11 +70,15 @@ log = structlog.get_logger("bridge.gateway")
 PREFIX = "/api/v1"
 CLOSE_GRACE_S = 1.0  # after an answer sent before the body was read: time to read it
 LIST_BATCH = 500
+NOT_READY_RETRY_AFTER = "5"
+ERROR_BODY_CHARS = 200  # of a Munsit error body not in its error shape, quoted in ours
+BASELINE_SEEN = web.AppKey("baseline_seen", list[bool])
 
 
 def create_gateway_app(host: GatewayHost) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=64 * 1024)
     app[GATEWAY_HOST] = host
+    app[BASELINE_SEEN] = [False]
     app.router.add_post(f"{PREFIX}/denoise", _submit)
     app.router.add_get(f"{PREFIX}/denoise", _list)
     app.router.add_get(f"{PREFIX}/denoise/{{id}}", _one)
@@ -96,17 +109,28 @@ async def _answer(request: web.Request, handler: Any) -> web.StreamResponse:
 
 async def _answer_error(request: web.Request, exc: GatewayError) -> web.StreamResponse:
     response = error_response(exc.status, exc.code, exc.message)
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = exc.retry_after
     if not exc.close:
         return response
     # the rest of the body is not read: answer, stop reading, hang up shortly after
     response.force_close()
     await response.prepare(request)
     await response.write_eof()
+    _hang_up(request)
+    return response
+
+
+def _hang_up(request: web.Request) -> None:
+    """Read no more of the request: the connection is done (aiohttp reads no more of the
+    body nor lingers to drain it), reading stops now (the client's sending stalls) and the
+    socket closes after `CLOSE_GRACE_S`, time for the client to read the answer (closing
+    with unread bytes at once sends a reset that may destroy it)."""
+    request.protocol.force_close()
     transport = request.transport
     if transport is not None:
         transport.pause_reading()
         asyncio.get_running_loop().call_later(CLOSE_GRACE_S, transport.close)
-    return response
 
 
 def _host(request: web.Request) -> GatewayHost:
@@ -141,6 +165,7 @@ async def _submit(request: web.Request) -> web.StreamResponse:
     unread = request.body_exists and not request.content.at_eof()
     try:  # refused before the body is read: not read at all (it may be 200 MB)
         client = authenticate(request)
+        await _baseline_recorded(request)
         if request.content_type != "multipart/form-data":
             raise GatewayError(400, *MISSING_AUDIO)
     except GatewayError as exc:
@@ -154,14 +179,14 @@ async def _submit(request: web.Request) -> web.StreamResponse:
     try:
         reader = multipart_reader(request)
     except (ValueError, AssertionError):
-        raise GatewayError(400, *MISSING_AUDIO) from None
+        raise GatewayError(400, *MISSING_AUDIO, close=unread) from None
     checked: list[Callback | None] = [None]
 
     async def check(options: Options) -> None:
         allow = settings.delivery.allow_private_destinations
         checked[0] = await options.callback(client, allow_private=allow)
 
-    async def send(chunks: AsyncIterator[bytes], audio: AudioPart, size: int | None) -> Answer:
+    async def send(chunks: AsyncIterator[bytes], audio: AudioPart) -> Answer:
         return await submit_audio(
             host.upstream,
             base_url=settings.upstream.base_url,
@@ -170,12 +195,15 @@ async def _submit(request: web.Request) -> web.StreamResponse:
             content_type=audio.content_type,
             chunks=chunks,
             timeout_s=settings.upstream.request_timeout_s,
-            size=size,
         )
 
-    intake = Intake(reader, cap=cap, check=check)
+    fields_cap = FIELDS_BYTES if length is None else None
+    intake = Intake(reader, cap=cap, check=check, fields_cap=fields_cap)
     try:
         audio, answer = await intake.submit(send)
+    except GatewayError as exc:  # refused with the body partly read: the rest is not read
+        exc.close = exc.close or not request.content.at_eof()
+        raise
     except SubmitUnreachable as exc:
         log.warning("gateway: Munsit unreachable", client=client.id, error=str(exc))
         raise GatewayError(502, UNREACHABLE, "Munsit could not be reached") from None
@@ -187,30 +215,62 @@ async def _submit(request: web.Request) -> web.StreamResponse:
     except (ConnectionError, asyncio.IncompleteReadError):  # the client went away
         raise GatewayError(400, *MISSING_AUDIO, close=True) from None
     if answer.status != 200:
-        return _pass_through(request, answer, client)
+        response = _pass_through(request, answer, client)
+        if answer.early:  # the rest of the upload is not read: answer, then hang up
+            await response.prepare(request)
+            await response.write_eof()
+            _hang_up(request)
+        return response
     return await _accepted(request, host, client, audio, answer, checked[0])
 
 
 def _pass_through(request: web.Request, answer: Answer, client: ClientConfig) -> web.Response:
-    """Munsit's error as it sent it (a body not in its error shape is put in it)."""
+    """Munsit's error as it sent it; a body not in its error shape (an HTML page from a
+    proxy, an undocumented JSON body) is quoted, cleaned, in Munsit's shape."""
     log.info("gateway: Munsit refused a submission", client=client.id, status=answer.status)
     body: Any = None
     with contextlib.suppress(ValueError):
         body = json.loads(answer.body)
-    if not (isinstance(body, dict) and "errorCode" in body and "errorMessage" in body):
-        body = {
-            "errorCode": f"{answer.status}00",
-            "errorMessage": f"Munsit answered {answer.status}",
-        }
-    response = web.json_response(body, status=answer.status)
+    key = _host(request).settings.upstream.api_key.get_secret_value()
+    if isinstance(body, dict) and "errorCode" in body and "errorMessage" in body:
+        response = web.Response(
+            body=answer.body, status=answer.status, content_type="application/json"
+        )
+    else:
+        message = f"Munsit answered {answer.status}: {_quoted_body(answer.body, key)}".rstrip()
+        response = web.json_response(
+            {"errorCode": f"{answer.status}00", "errorMessage": message}, status=answer.status
+        )
     if answer.retry_after is not None:
         response.headers["Retry-After"] = answer.retry_after
     if answer.early:  # Munsit answered before the whole upload was read: the rest is not
         response.force_close()
-        if request.transport is not None:
-            request.transport.pause_reading()
-            asyncio.get_running_loop().call_later(CLOSE_GRACE_S, request.transport.close)
     return response
+
+
+def _quoted_body(body: bytes, api_key: str) -> str:
+    """The first `ERROR_BODY_CHARS` characters of a body, control characters removed (and
+    the bridge's API key, should a proxy's page echo the request's headers)."""
+    text = body.decode("utf-8", "replace")
+    if api_key:
+        text = text.replace(api_key, "[redacted]")
+    text = text[:ERROR_BODY_CHARS]
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cc").strip()
+
+
+async def _baseline_recorded(request: web.Request) -> None:
+    """503 until the bridge's first poll has recorded what Munsit holds (then remembered)."""
+    seen = request.app[BASELINE_SEEN]
+    if seen[0]:
+        return
+    if not await _host(request).baseline_recorded():
+        raise GatewayError(
+            503,
+            NOT_READY,
+            "the bridge has not finished its first poll of Munsit yet; try again in a few seconds",
+            retry_after=NOT_READY_RETRY_AFTER,
+        )
+    seen[0] = True
 
 
 async def _accepted(
@@ -275,7 +335,6 @@ async def _accepted(
         size=audio.size,
         callback=redact_url(callback.url) if callback else None,
         callback_id=callback_id,
-        spooled=audio.spooled,
     )
     return web.json_response({**body, "callback_id": callback_id})
 

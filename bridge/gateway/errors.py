@@ -13,20 +13,31 @@ NOT_FOUND = ("40401", "Denoise record not found")
 TOO_LARGE = "41301"
 REFUSED_CALLBACK = "42201"
 NOT_REGISTERED = "50001"
+NOT_READY = "50301"
 UNREACHABLE = "50201"
 BAD_ANSWER = "50202"
 NO_ANSWER = "50401"
 
 
 class GatewayError(Exception):
-    """An answer in Munsit's error shape; `close`: hang up after it (the body was not read)."""
+    """An answer in Munsit's error shape; `close`: hang up after it (the body was not read);
+    `retry_after`: a `Retry-After` header to send with it."""
 
-    def __init__(self, status: int, code: str, message: str, *, close: bool = False) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        close: bool = False,
+        retry_after: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.close = close
+        self.retry_after = retry_after
 
 
 def error_response(status: int, code: str | int, message: str) -> web.Response:

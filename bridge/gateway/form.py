@@ -8,6 +8,7 @@ import asyncio
 import fnmatch
 import ipaddress
 import json
+import math
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,11 +73,15 @@ class Options:
         if raw is None:
             return None
         try:
-            value = json.loads(raw)
+            value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+        except _NotExact as exc:
+            raise bad(f"metadata {exc}") from None
         except ValueError:
             raise bad("metadata is not valid JSON") from None
         if not isinstance(value, dict):
             raise bad("metadata must be a JSON object")
+        if _has_lone_surrogate(value):
+            raise bad("metadata holds a lone surrogate (\\ud800-\\udfff unpaired)")
         encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
         if len(encoded) > MAX_METADATA_BYTES:
             raise bad(f"metadata is {len(encoded)} bytes encoded, over {MAX_METADATA_BYTES}")
@@ -92,6 +97,36 @@ class Options:
         url = url.strip()
         await check_callback_url(url, client.allowed_callback_hosts, allow_private=allow_private)
         return Callback(url=url, events=events, metadata=metadata)
+
+
+class _NotExact(ValueError):
+    """A metadata value that could not be echoed exactly as sent."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotExact(f"holds {name}, which is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _NotExact(f"holds the number {text[:32]}, beyond a 64-bit float")
+    return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a string (key or value) anywhere in `value` holds an unpaired surrogate."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(item) for item in value)
+    return False
 
 
 def host_allowed(host: str, globs: Sequence[str]) -> bool:

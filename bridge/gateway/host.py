@@ -1,6 +1,7 @@
 """What the gateway needs of the running bridge: its settings and clock, the store's jobs,
-a session to reach Munsit, a way to watch a job's progress at once, and metrics. `Service`
-provides it; the gateway package never imports the service."""
+a session to reach Munsit, whether the first poll is done, a way to watch a job's progress
+at once, and metrics. `Service` provides it; the gateway package never imports the
+service."""
 
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ class GatewayHost(Protocol):
     @property
     def upstream(self) -> aiohttp.ClientSession:
         """The session for Munsit (no destination guard: Munsit is configured, not given)."""
+        ...
+
+    async def baseline_recorded(self) -> bool:
+        """Whether the first poll has recorded what Munsit holds (the baseline): before it,
+        a job submitted and finished would only be noted, never called back."""
         ...
 
     def watch(self, record_id: str) -> None:

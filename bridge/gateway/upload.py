@@ -1,29 +1,22 @@
-"""The client's multipart body, read in order, and its `audio` part sent on to Munsit.
+"""The client's multipart body, read in order, and its `audio` part streamed to Munsit.
 
-Two ways, chosen by the order of the parts:
+The option fields (`callback_url`, `callback_events`, `metadata`) that come before `audio`
+are checked first; then the audio is streamed to Munsit as it arrives, never held whole in
+memory nor written to disk — whether options came first, after it, or not at all (a plain
+Munsit client). The last chunk read is held back until the rest of the body has been read
+and the fields that follow the audio are checked, so a bad field after the audio (or an
+upload over the cap) aborts the request to Munsit before its multipart body is complete:
+Munsit creates no job.
 
-- the option fields (`callback_url`, `callback_events`, `metadata`) come before `audio`: they
-  are checked first, then the audio is streamed to Munsit as it arrives, never held whole in
-  memory. The last chunk read is held back until the rest of the body has been read, so a
-  bad field after the audio (or an upload over the cap) aborts the request to Munsit before
-  its multipart body is complete: Munsit creates no job.
-- `audio` comes first (a client that sends no option field at all included): the fields it
-  may be followed by must be checked before Munsit hears of the job, so the audio is
-  spooled to an anonymous temporary file (never more than `gateway.max_upload_bytes`,
-  deleted when the request ends), the rest of the body read and checked, then the file is
-  streamed to Munsit with its Content-Length.
-
-Either way an upload over `gateway.max_upload_bytes` stops at the cap: 413, and the rest of
-the body is not read.
+An upload over `gateway.max_upload_bytes` stops at the cap: 413, and the rest of the body
+is not read. Without a Content-Length, the fields other than `audio` may hold at most
+`FIELDS_BYTES` in all (400 beyond).
 """
 
 from __future__ import annotations
 
-import asyncio
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import IO
 
 from aiohttp import BodyPartReader, MultipartReader
 
@@ -34,8 +27,9 @@ from bridge.upstream.submit import Answer
 CHUNK_BYTES = 256 * 1024
 OTHER_FIELD_BYTES = 64 * 1024  # a field the gateway does not know: read and dropped
 FORM_SLACK_BYTES = 64 * 1024  # what a Content-Length may exceed the cap by: fields, boundaries
+FIELDS_BYTES = 64 * 1024  # without a Content-Length: every field but `audio`, in all
 
-Send = Callable[[AsyncIterator[bytes], "AudioPart", "int | None"], Awaitable[Answer]]
+Send = Callable[[AsyncIterator[bytes], "AudioPart"], Awaitable[Answer]]
 
 
 @dataclass
@@ -43,7 +37,6 @@ class AudioPart:
     file_name: str
     content_type: str
     size: int = 0
-    spooled: bool = False
 
 
 def too_large(cap: int) -> GatewayError:
@@ -51,16 +44,29 @@ def too_large(cap: int) -> GatewayError:
     return GatewayError(413, TOO_LARGE, f"File exceeds the {mib:g} MB limit", close=True)
 
 
-async def read_field(part: BodyPartReader, name: str, limit: int) -> bytes:
-    data = bytearray()
-    while chunk := await part.read_chunk(8192):
-        data += chunk
-        if len(data) > limit:
-            raise bad(f"{name} is longer than {limit} bytes")
-    return bytes(data)
+class Fields:
+    """What the fields other than `audio` may still hold (None: no total limit)."""
+
+    def __init__(self, total: int | None) -> None:
+        self.total = total
+        self.left = total
+
+    async def read(self, part: BodyPartReader, name: str, limit: int) -> bytes:
+        data = bytearray()
+        while chunk := await part.read_chunk(8192):
+            data += chunk
+            if len(data) > limit:
+                raise bad(f"{name} is longer than {limit} bytes")
+            if self.left is not None:
+                self.left -= len(chunk)
+                if self.left < 0:
+                    raise bad(f"the form's fields other than audio exceed {self.total} bytes")
+        return bytes(data)
 
 
-async def next_audio(reader: MultipartReader, options: Options) -> BodyPartReader | None:
+async def next_audio(
+    reader: MultipartReader, options: Options, fields: Fields
+) -> BodyPartReader | None:
     """Read the fields up to the `audio` part (returned) or the end of the body (None)."""
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader):
@@ -71,15 +77,16 @@ async def next_audio(reader: MultipartReader, options: Options) -> BodyPartReade
                 raise GatewayError(400, *MISSING_AUDIO)
             return part
         if name in OPTION_FIELDS:
-            options.add(name, await read_field(part, name, MAX_FIELD_BYTES[name]))
+            options.add(name, await fields.read(part, name, MAX_FIELD_BYTES[name]))
         else:
-            await read_field(part, name or "a field", OTHER_FIELD_BYTES)
+            await fields.read(part, name or "a field", OTHER_FIELD_BYTES)
     return None
 
 
 class Intake:
     """One submission's body. `check()` validates the option fields seen so far (the
-    caller's callback check); `send()` hands the audio to Munsit."""
+    caller's callback check); `send()` hands the audio to Munsit. `fields_cap`: the most
+    the fields other than `audio` may hold in all (None: no such limit)."""
 
     def __init__(
         self,
@@ -87,30 +94,24 @@ class Intake:
         *,
         cap: int,
         check: Callable[[Options], Awaitable[None]],
+        fields_cap: int | None = None,
     ) -> None:
         self.reader = reader
         self.cap = cap
         self.options = Options()
         self.check = check
+        self.fields = Fields(fields_cap)
 
     async def submit(self, send: Send) -> tuple[AudioPart, Answer]:
-        part = await next_audio(self.reader, self.options)
+        part = await next_audio(self.reader, self.options, self.fields)
         if part is None:
             raise GatewayError(400, *MISSING_AUDIO)
         audio = AudioPart(part.filename or "", part.headers.get("Content-Type") or "")
         audio.content_type = audio.content_type or "application/octet-stream"
         if self.options.seen:
             await self.check(self.options)
-            answer = await send(self._direct(part, audio), audio, None)
-            return audio, answer
-        audio.spooled = True
-        with tempfile.TemporaryFile(prefix="munsit-bridge-upload-") as spool:
-            await self._spool(part, audio, spool)
-            await self._rest()
-            await self.check(self.options)
-            spool.seek(0)
-            answer = await send(_file_chunks(spool), audio, audio.size)
-            return audio, answer
+        answer = await send(self._direct(part, audio), audio)
+        return audio, answer
 
     async def _read(self, part: BodyPartReader, audio: AudioPart) -> AsyncIterator[bytes]:
         while chunk := await part.read_chunk(CHUNK_BYTES):
@@ -132,17 +133,7 @@ class Intake:
         if held is not None:
             yield held
 
-    async def _spool(self, part: BodyPartReader, audio: AudioPart, spool: IO[bytes]) -> None:
-        async for chunk in self._read(part, audio):
-            await asyncio.to_thread(spool.write, chunk)
-        await asyncio.to_thread(spool.flush)
-
     async def _rest(self) -> None:
         """The fields after the audio part, to the end of the body."""
-        if await next_audio(self.reader, self.options) is not None:
+        if await next_audio(self.reader, self.options, self.fields) is not None:
             raise bad("audio is given twice")
-
-
-async def _file_chunks(spool: IO[bytes]) -> AsyncIterator[bytes]:
-    while data := await asyncio.to_thread(spool.read, CHUNK_BYTES):
-        yield data

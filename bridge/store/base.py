@@ -318,9 +318,10 @@ class GatewayStore(Protocol):
 
     async def job(self, record_id: str) -> Job | None:
         """The job with its callback, and `record` as last seen: the data of the newest
-        stored event of the record that is neither `denoise.progress` nor one of the
-        bridge's own (`bridge.*`), else what `register_job` stored. None for a record not
-        submitted through the gateway."""
+        event of the record the store recorded that is neither `denoise.progress` nor one
+        of the bridge's own (`bridge.*`), kept with the job even once retention deleted
+        the event, else what `register_job` stored. None for a record not submitted
+        through the gateway."""
         ...
 
     async def client_jobs(

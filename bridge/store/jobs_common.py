@@ -1,5 +1,5 @@
-"""What both store adapters share about gateway jobs: the SQL reading a job with its record
-as last seen, a row made a `Job`, the routing of a scan's events to `job:<record id>`
+"""What both store adapters share about gateway jobs: the SQL reading a job and keeping its
+record as last seen, a row made a `Job`, the routing of a scan's events to `job:<record id>`
 targets, and the range of subscriber ids every job target falls in.
 
 A job's callback is a delivery target like a subscriber, with the id `job:<record id>`.
@@ -14,12 +14,13 @@ claim order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from bridge import jsontext
 from bridge.models import JOB_TARGET, PROGRESS, Callback, Event, Job
 
+BRIDGE = "bridge."  # the prefix of the bridge's own event types (its reports, its test)
 JOB_FIRST = JOB_TARGET  # every `job:` target id is >= this …
 JOB_AFTER = JOB_TARGET[:-1] + chr(ord(JOB_TARGET[-1]) + 1)  # … and < this ('job;')
 JOB_RANGE = f"d.subscriber_id >= '{JOB_FIRST}' AND d.subscriber_id < '{JOB_AFTER}'"
@@ -35,16 +36,39 @@ def is_job_target(subscriber_id: str) -> bool:
     return subscriber_id.startswith(JOB_TARGET)
 
 
-# a job's columns, its record as last seen last: the data of the newest stored event of the
-# record that is neither progress nor the bridge's own (by the index events_record
-# (record_id, seq)), else the record as the submission described it
+# a job's columns, its record as last seen last (kept in `jobs.record`: see `LAST_SEEN`)
 JOB_COLUMNS = (
     "SELECT j.record_id, j.client_id, j.submitted_at, j.callback_id, j.callback_url,"
-    " j.callback_events, j.callback_metadata, COALESCE((SELECT e.data FROM events e"
-    f" WHERE e.record_id = j.record_id AND e.type <> '{PROGRESS}'"
-    " AND substr(e.type, 1, 7) <> 'bridge.' ORDER BY e.seq DESC LIMIT 1), j.record)"
-    " FROM jobs j"
+    " j.callback_events, j.callback_metadata, j.record FROM jobs j"
 )
+
+# a job's record as last seen, the value `jobs.record` is set to: the data of the newest
+# stored event of the record that is neither progress nor the bridge's own (by the index
+# events_record (record_id, seq)), else what it held (the record as the submission described
+# it, or an event's data since deleted by retention). Written whenever such an event of a
+# record with a job is stored (`commit_scan`, one statement per commit, and `register`, for
+# the events a poll stored first), so a job reads its record without the events, and keeps
+# it once retention deleted them (jobs stay twice as long).
+LAST_SEEN = (
+    "COALESCE((SELECT e.data FROM events e WHERE e.record_id = jobs.record_id"
+    f" AND e.type <> '{PROGRESS}' AND substr(e.type, 1, 7) <> '{BRIDGE}'"
+    " ORDER BY e.seq DESC LIMIT 1), jobs.record)"
+)
+
+
+def is_record_event(event_type: str) -> bool:
+    """Whether an event of this type is its record as last seen (neither progress nor one
+    of the bridge's own): `LAST_SEEN`'s condition."""
+    return event_type != PROGRESS and not event_type.startswith(BRIDGE)
+
+
+def seen_records(events: Iterable[Event], recorded: Collection[str]) -> list[str]:
+    """The ids of the records (each once, in order) of those of `events` stored now (their
+    id in `recorded`) that are their record as last seen: the jobs whose `record` a commit
+    sets (`LAST_SEEN`)."""
+    return list(
+        dict.fromkeys(e.record_id for e in events if e.id in recorded and is_record_event(e.type))
+    )
 
 
 def job_values(job: Job) -> tuple[Any, ...]:

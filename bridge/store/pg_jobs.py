@@ -19,6 +19,7 @@ from bridge.store.claims_common import storable
 from bridge.store.jobs_common import (
     JOB_COLUMNS,
     JOB_INSERT_COLUMNS,
+    LAST_SEEN,
     asked_types,
     callback_from_row,
     job_from_row,
@@ -48,9 +49,21 @@ async def asked(conn: Conn, record_ids: Sequence[str]) -> dict[str, frozenset[st
     return {given[rid]: asked_types(events) for rid, events in await cur.fetchall()}
 
 
+async def keep_seen(conn: Conn, record_ids: Sequence[str]) -> None:
+    """Set the `record` of the jobs of `record_ids` (those that have one) to the record as
+    last seen (`LAST_SEEN`): one statement whatever their number. The caller holds the scan
+    lock (no event of theirs is being stored meanwhile)."""
+    if record_ids:
+        await conn.execute(
+            f"UPDATE jobs SET record = {LAST_SEEN} WHERE record_id = ANY(%s::text[])",
+            ([storable(rid) for rid in record_ids],),
+        )
+
+
 async def register(conn: Conn, job: Job, now: float) -> tuple[bool, int]:
-    """Insert `job` unless its record has one; then queue, due `now`, a delivery to its
-    target for each stored event of the record its callback lists (in the order stored).
+    """Insert `job` unless its record has one, its record the newest stored event's if a
+    poll stored one first (`LAST_SEEN`); then queue, due `now`, a delivery to its target for
+    each stored event of the record its callback lists (in the order stored).
     Returns (registered now, deliveries queued). The caller holds the scan lock."""
     marks = ", ".join(["%s"] * len(JOB_INSERT_COLUMNS.split(",")))
     cur = await conn.execute(
@@ -60,6 +73,7 @@ async def register(conn: Conn, job: Job, now: float) -> tuple[bool, int]:
     )
     if await cur.fetchone() is None:
         return False, 0
+    await keep_seen(conn, [job.record_id])
     if job.callback is None or not job.callback.events:
         return True, 0
     cur = await conn.execute(

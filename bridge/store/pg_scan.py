@@ -20,7 +20,7 @@ from bridge.models import Event, RecordState, Report
 from bridge.store import pg_jobs
 from bridge.store.base import Committed, ScanCommit
 from bridge.store.claims_common import storable
-from bridge.store.jobs_common import route
+from bridge.store.jobs_common import route, seen_records
 from bridge.store.pg_schema import Conn, lock_key
 
 _SERIALIZE = f"SELECT pg_advisory_xact_lock({lock_key('%s')})"
@@ -104,6 +104,8 @@ async def commit_scan(conn: Conn, commit: ScanCommit, *, due_at: float) -> Commi
     for event, subscribers in given:
         events.setdefault(storable(event.id), (event, subscribers))
     created, recorded = await insert_events(conn, events, due_at=due_at, at=commit.now)
+    # the events stored now are their job's record as last seen (kept past their retention)
+    await pg_jobs.keep_seen(conn, seen_records((e for e, _ in events.values()), recorded))
     return Committed(created, forgotten, recorded)
 
 

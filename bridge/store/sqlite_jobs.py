@@ -13,6 +13,7 @@ from bridge.models import Callback, Job
 from bridge.store.jobs_common import (
     JOB_COLUMNS,
     JOB_INSERT_COLUMNS,
+    LAST_SEEN,
     asked_types,
     callback_from_row,
     job_from_row,
@@ -36,9 +37,20 @@ def asked(conn: sqlite3.Connection, record_ids: Sequence[str]) -> dict[str, froz
     return {rid: asked_types(events) for rid, events in rows}
 
 
+def keep_seen(conn: sqlite3.Connection, record_ids: Sequence[str]) -> None:
+    """Set the `record` of the jobs of `record_ids` (those that have one) to the record as
+    last seen (`LAST_SEEN`): one statement whatever their number."""
+    if record_ids:
+        conn.execute(
+            f"UPDATE jobs SET record = {LAST_SEEN} WHERE record_id {_EACH}",
+            (jsontext.dumps(list(record_ids)),),
+        )
+
+
 def register(job: Job, now: float, conn: sqlite3.Connection) -> tuple[bool, int]:
-    """Insert `job` unless its record has one; then queue, due `now`, a delivery to its
-    target for each stored event of the record its callback lists (in the order stored).
+    """Insert `job` unless its record has one, its record the newest stored event's if a
+    poll stored one first (`LAST_SEEN`); then queue, due `now`, a delivery to its target for
+    each stored event of the record its callback lists (in the order stored).
     Returns (registered now, deliveries queued)."""
     marks = ", ".join("?" * len(JOB_INSERT_COLUMNS.split(",")))
     cur = conn.execute(
@@ -48,6 +60,7 @@ def register(job: Job, now: float, conn: sqlite3.Connection) -> tuple[bool, int]
     )
     if cur.rowcount == 0:
         return False, 0
+    keep_seen(conn, [job.record_id])
     if job.callback is None or not job.callback.events:
         return True, 0
     cur = conn.execute(

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from bridge.models import Event, Report
 from bridge.store import sqlite_jobs
 from bridge.store.base import Committed, ScanCommit
-from bridge.store.jobs_common import route
+from bridge.store.jobs_common import route, seen_records
 
 
 def commit_scan(commit: ScanCommit, conn: sqlite3.Connection) -> Committed:
@@ -41,6 +41,8 @@ def commit_scan(commit: ScanCommit, conn: sqlite3.Connection) -> Committed:
     asked = sqlite_jobs.asked(conn, [event.record_id for event, _ in commit.events])
     events = route(commit.events, asked) if asked else commit.events
     created, recorded = insert_events(conn, events, due_at=commit.now, at=commit.now)
+    # the events stored now are their job's record as last seen (kept past their retention)
+    sqlite_jobs.keep_seen(conn, seen_records((e for e, _ in events), recorded))
     return Committed(created, forgotten, recorded)
 
 

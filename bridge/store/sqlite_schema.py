@@ -149,6 +149,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_client ON jobs (client_id, submitted_at DESC, record_id DESC);
     CREATE INDEX jobs_submitted ON jobs (submitted_at);
     """,
+    # a job's record as last seen is kept in `jobs.record`, written whenever an event of the
+    # record is stored (retention deletes events long before their job): the jobs stored
+    # until now get the data of their record's newest stored event that is neither progress
+    # nor the bridge's own, and keep the submission's record when none is left
+    """
+    UPDATE jobs SET record = COALESCE((SELECT e.data FROM events e
+        WHERE e.record_id = jobs.record_id AND e.type <> 'denoise.progress'
+        AND substr(e.type, 1, 7) <> 'bridge.' ORDER BY e.seq DESC LIMIT 1), jobs.record);
+    """,
 )
 
 

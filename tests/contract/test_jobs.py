@@ -171,6 +171,25 @@ async def test_the_record_as_last_seen_follows_the_newest_event(store: Store) ->
     assert await seen("r2") == {"id": "r2", "status": "pending"}  # another record's: none
 
 
+async def test_the_record_as_last_seen_is_the_last_of_a_commits_events(store: Store) -> None:
+    await store.register_job(job("r1"), now=1.0)
+    await store.register_job(job("r2", events=None), now=1.0)  # no callback: kept as well
+    created = Event("e1", CREATED, "r1", 10.0, None, {"id": "r1", "status": "pending"})
+    done = Event("e2", COMPLETED, "r1", 11.0, "pending", {"id": "r1", "status": SUCCESS})
+    progress = Event("e3", PROGRESS, "r1", 12.0, None, {"id": "r1", "progress": 1.0})
+    report = Event("e4", DEAD_LETTERED, "r1", 13.0, None, {"delivery": 1})
+    other = Event("e5", CREATED, "r2", 14.0, None, {"id": "r2", "v": 2})
+    await store.commit_scan(
+        ScanCommit([], [(created, []), (done, []), (progress, []), (report, []), (other, [])], 20.0)
+    )
+    got = {j.record_id: j.record for j in await store.client_jobs("acme", limit=10)}
+    assert got == {"r1": {"id": "r1", "status": SUCCESS}, "r2": {"id": "r2", "v": 2}}
+    # an event stored before, given again, is not seen again
+    await store.commit_scan(ScanCommit([], [(created, [])], now=30.0))
+    found = await store.job("r1")
+    assert found is not None and found.record == {"id": "r1", "status": SUCCESS}
+
+
 # --- routing ---------------------------------------------------------------------------------
 
 
@@ -428,3 +447,51 @@ async def test_a_job_goes_twice_the_window_after_its_submission_once_its_deliver
     # and the job targets' counters are kept right
     await assert_counts(store, {DeliveryState.PENDING: 1})
     assert len(await everything(store)) == 1
+
+
+async def purge_all(store: Store, now: float) -> None:
+    """Retention at `now` until nothing more is due."""
+    while await store.purge(now=now, retention_s=R, batch=500) >= 500:
+        pass
+
+
+async def test_a_job_keeps_its_record_as_last_seen_once_retention_deleted_the_events(
+    store: Store,
+) -> None:
+    await store.register_job(job("r1", at=0.0), now=0.0)
+    await store.register_job(job("r2", at=0.0, events=None), now=0.0)  # no callback
+    for rid in ("r1", "r2", "r3"):
+        created = Event(f"c_{rid}", CREATED, rid, 1.0, None, {"id": rid, "status": "pending"})
+        done = Event(f"d_{rid}", COMPLETED, rid, 2.0, "pending", {"id": rid, "status": SUCCESS})
+        await store.commit_scan(ScanCommit([record(rid)], [(created, ["a"])], now=1.0))
+        await store.commit_scan(ScanCommit([record(rid, SUCCESS)], [(done, ["a"])], now=2.0))
+    progress = Event("p_r1", PROGRESS, "r1", 3.0, None, {"id": "r1", "progress": 1.0})
+    await store.commit_scan(ScanCommit([], [(progress, [])], now=3.0))
+    # registered after a poll stored its events: the newest of them
+    await store.register_job(job("r3", at=3.0, events=None), now=3.0)
+    while due := [
+        *await claim(store, 3.0),
+        *await store.claim_due(now=3.0, limit=10, lease_s=60, subscribers=["a"]),
+    ]:  # every delivery delivered (a record's next one is claimed once its first went)
+        for d in due:
+            assert await store.finish_attempt(d, attempt(4.0, 200), DONE)
+    finished = {rid: {"id": rid, "status": SUCCESS} for rid in ("r1", "r2", "r3")}
+
+    async def records() -> dict[str, object]:
+        listed: dict[str, object] = {
+            j.record_id: j.record for j in await store.client_jobs("acme", limit=10)
+        }
+        for rid, seen in listed.items():
+            got = await store.job(rid)
+            assert got is not None and got.record == seen
+        return listed
+
+    assert await records() == finished
+    # past the window: the deliveries and then the events went, the jobs stay as they were
+    await purge_all(store, 1.5 * R)
+    assert await store.list_events(limit=10) == []
+    assert await everything(store) == []
+    assert await records() == finished
+    # twice the window after their submission: the jobs go too
+    await purge_all(store, 2 * R + 10.0)
+    assert await records() == {}

@@ -1,6 +1,6 @@
 """The gateway in a test: the Munsit simulator, a real SQLite store, a real aiohttp session
 to Munsit, and `create_gateway_app` served on 127.0.0.1 through a small host whose `watch`
-records what it was asked to follow."""
+records what it was asked to follow and whose `baseline_recorded` is a switch."""
 
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ class Host:
     store: Store
     session: aiohttp.ClientSession
     watched: list[str] = field(default_factory=list)
+    baseline: bool = True  # what `baseline_recorded` answers: False to test the 503
 
     @property
     def jobs(self) -> GatewayStore:
@@ -61,6 +62,9 @@ class Host:
     @property
     def upstream(self) -> aiohttp.ClientSession:
         return self.session
+
+    async def baseline_recorded(self) -> bool:
+        return self.baseline
 
     def watch(self, record_id: str) -> None:
         self.watched.append(record_id)
@@ -93,7 +97,9 @@ async def gateway_rig(
     sim_key: str = SIM_KEY,
     upstream_key: str = SIM_KEY,
     clock: FakeClock | None = None,
+    upstream_url: str | None = None,
 ) -> AsyncIterator[Rig]:
+    """`upstream_url`: another Munsit than the simulator (which still runs)."""
     clock = clock or FakeClock()
     sim = Simulator(api_key=sim_key, clock=clock, processing_s=5.0)
     sim_server: TestServer = await aiohttp_server(sim.make_app())
@@ -105,7 +111,7 @@ async def gateway_rig(
     settings = Settings.model_validate(
         {
             "upstream": {
-                "base_url": str(sim_server.make_url("")).rstrip("/"),
+                "base_url": upstream_url or str(sim_server.make_url("")).rstrip("/"),
                 "api_key": upstream_key,
                 "request_timeout_s": 10,
             },

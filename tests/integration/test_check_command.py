@@ -16,6 +16,7 @@ from bridge.clock import SystemClock
 from bridge.sim.simulator import Simulator
 from bridge.store.sqlite import SqliteStore
 from bridge.store.sqlite_schema import MIGRATIONS
+from tests.conftest import make_secret
 from tests.integration.helpers import RecordingReceiver, ServerFactory, bridge_process
 
 SECRET = "whsec_" + "A" * 43 + "="
@@ -111,6 +112,16 @@ def test_warns_about_no_subscribers(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 0
     assert "config ok: subscribers: none" in lines
     assert warnings(lines) == ["warning: no subscribers: events are recorded but sent nowhere"]
+    gateway = (
+        '[gateway]\nenabled = true\n[[clients]]\nid = "app"\n'
+        f'token = "client-token-0123456789"\nsecret = "{make_secret(5)}"\n'
+    )
+    code, lines = check(write(tmp_path, gateway), capsys)
+    assert code == 0
+    assert warnings(lines) == [
+        "warning: no subscribers: events are recorded and sent only to the callbacks of jobs"
+        " submitted through the gateway"
+    ]
 
 
 async def test_check_creates_nothing(tmp_path: Path) -> None:

@@ -101,7 +101,7 @@ async def test_submit_without_callback_and_audio_first(
         assert body["callback_id"] is None
         job = await rig.host.store.job(body["denoiseId"])
         assert job is not None and job.callback is None and job.callback_id is None
-        # the audio before its options: spooled, checked, then sent
+        # the audio before its options: streamed, the options checked before it ends
         status, body = await post(
             rig,
             form(("callback_url", "https://hooks.example.com/x"), audio=wav(2), first=True),
@@ -162,7 +162,7 @@ async def test_munsit_unreachable_is_502(aiohttp_server: ServerFactory, tmp_path
         await rig.sim_server.close()
         status, body = await post(rig, form(("metadata", "{}"), audio=wav()))
         assert status == 502 and body["errorCode"] == "50201"
-        status, body = await post(rig, form(audio=wav()))  # spooled first, the same answer
+        status, body = await post(rig, form(audio=wav()))  # no option field: the same answer
         assert status == 502 and body["errorCode"] == "50201"
         counted = rig.host.metrics.gateway_requests.labels("/api/v1/denoise", "502")
         assert counted._value.get() == 2  # bridge_gateway_requests_total{route, code}
@@ -205,7 +205,7 @@ async def test_over_the_cap_while_streaming_stops_reading(
     chunk = b"\x00" * (64 * 1024)
     total = 4096  # chunks: 256 MiB, far more than is ever read
     async with gateway_rig(aiohttp_server, tmp_path, max_upload_bytes=cap) as rig:
-        for head in ([("metadata", '{"a": 1}')], []):  # streamed, then spooled
+        for head in ([("metadata", '{"a": 1}')], []):  # with an option field, then without
             pulled: list[int] = []
             headers = {
                 **rig.auth(),

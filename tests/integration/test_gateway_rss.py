@@ -1,5 +1,6 @@
 """A 150 MB upload through a real `munsit-bridge run` process with the gateway enabled keeps
-that process's peak RSS under 150 MB, streamed (options first) and spooled (audio first)."""
+that process's peak RSS under 150 MB, streamed whichever comes first: the options or the
+audio (the fields after it checked before Munsit's body is complete)."""
 
 from __future__ import annotations
 
@@ -117,6 +118,14 @@ secret = "{make_secret()}"
         url = f"http://127.0.0.1:{port}/api/v1/denoise"
         headers = {"x-api-key": token, "content-type": f"multipart/form-data; boundary={BOUNDARY}"}
         async with aiohttp.ClientSession() as http:
+            async with asyncio.timeout(30):  # 503 until the first poll: an empty form till then
+                while True:
+                    empty = f"--{BOUNDARY}--\r\n".encode()
+                    async with http.post(url, data=empty, headers=headers) as resp:
+                        if resp.status != 503:
+                            assert resp.status == 400, await resp.text()
+                            break
+                    await asyncio.sleep(0.2)
             for options_first in (True, False):
                 async with asyncio.timeout(120):
                     async with http.post(url, data=body(options_first), headers=headers) as resp:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -54,26 +54,32 @@ def test_verify_accepts_any_one_of_several_signatures(tmp_path: Path) -> None:
     assert run_verify(tmp_path, headers) == 0
 
 
-now = int(time.time())
-FAILURES = [
-    (signed()[1:], "missing header webhook-id"),
-    ([signed()[0], signed()[2]], "missing header webhook-timestamp"),
-    (signed()[:2], "missing header webhook-signature"),
-    ([signed()[0], "webhook-timestamp: soon", signed()[2]], "'soon' is not unix seconds"),
-    (signed(ts=now - 3600), "timestamp outside tolerance: webhook-timestamp"),
-    (signed(ts=now + 3600), "s in the future (tolerance 300 s)"),
-    ([*signed()[:2], "webhook-signature: v2,abc"], "has no v1 signature"),
-    ([*signed()[:2], "webhook-signature: v1,AAAA"], "bad signature"),
-    (signed(secret=make_secret(5)), "bad signature"),
-    (["webhook-id evt_1"], "is not in the form 'name: value'"),
+# built when each test runs, not at collection: a long run must not age the timestamps
+FAILURES: list[tuple[Callable[[int], list[str]], str]] = [
+    (lambda now: signed()[1:], "missing header webhook-id"),
+    (lambda now: [signed()[0], signed()[2]], "missing header webhook-timestamp"),
+    (lambda now: signed()[:2], "missing header webhook-signature"),
+    (
+        lambda now: [signed()[0], "webhook-timestamp: soon", signed()[2]],
+        "'soon' is not unix seconds",
+    ),
+    (lambda now: signed(ts=now - 3600), "timestamp outside tolerance: webhook-timestamp"),
+    (lambda now: signed(ts=now + 3600), "s in the future (tolerance 300 s)"),
+    (lambda now: [*signed()[:2], "webhook-signature: v2,abc"], "has no v1 signature"),
+    (lambda now: [*signed()[:2], "webhook-signature: v1,AAAA"], "bad signature"),
+    (lambda now: signed(secret=make_secret(5)), "bad signature"),
+    (lambda now: ["webhook-id evt_1"], "is not in the form 'name: value'"),
 ]
 
 
 @pytest.mark.parametrize(("headers", "reason"), FAILURES)
 def test_verify_names_the_reason(
-    tmp_path: Path, headers: list[str], reason: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    headers: Callable[[int], list[str]],
+    reason: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert run_verify(tmp_path, headers) == 1
+    assert run_verify(tmp_path, headers(int(time.time()))) == 1
     assert reason in capsys.readouterr().err
 
 

@@ -1,7 +1,8 @@
 """Gateway jobs on each backend's own terms (their rules for both are the store contract's,
-tests/contract/test_jobs.py): the migrations that add them keep what a store held, the wake-ups
-a registration sends on PostgreSQL, a registration racing a scan never loses an event, and
-the claim of every job target by its index, whatever the database's collation."""
+tests/contract/test_jobs.py): the migrations that add them keep what a store held (and give
+each job its record as last seen), the wake-ups a registration sends on PostgreSQL, a
+registration racing a scan never loses an event, and the claim of every job target by its
+index, whatever the database's collation."""
 
 from __future__ import annotations
 
@@ -26,6 +27,27 @@ from tests.pgdb import fresh_schema, require_pg
 
 DEADLINE_S = 10.0
 BEFORE_JOBS_SQLITE = 9  # the SQLite schema version before the jobs table
+BEFORE_SEEN_SQLITE = 10  # … and before a job's record as last seen was kept in `jobs.record`
+BEFORE_SEEN_PG = 2
+# a store's rows before `jobs.record` was kept: r1's job with its events (the newest one of
+# its record neither progress nor the bridge's own), r2's with none, as the submission said
+STUB = '{"id":"r1","status":"pending"}'
+HELD = [
+    "INSERT INTO events (id, type, record_id, occurred_at, data) VALUES"
+    " ('e1', 'denoise.created', 'r1', 1, '{\"id\":\"r1\",\"v\":1}'),"
+    " ('e2', 'denoise.completed', 'r1', 2, '{\"id\":\"r1\",\"status\":\"success\"}'),"
+    " ('e3', 'denoise.progress', 'r1', 3, '{\"id\":\"r1\",\"progress\":1}'),"
+    " ('e4', 'bridge.delivery_dead_lettered', 'r1', 4, '{}'),"
+    " ('e5', 'denoise.completed', 'r9', 5, '{\"id\":\"r9\"}')",
+    "INSERT INTO jobs (record_id, client_id, submitted_at, record) VALUES"
+    f" ('r1', 'acme', 0, '{STUB}'), ('r2', 'acme', 0, '{STUB.replace('r1', 'r2')}'),"
+    " ('r3', 'acme', 0, NULL)",
+]
+SEEN = {
+    "r1": {"id": "r1", "status": "success"},
+    "r2": {"id": "r2", "status": "pending"},
+    "r3": None,
+}
 
 
 def job(rid: str, events: tuple[str, ...] = (CREATED, COMPLETED)) -> Job:
@@ -91,6 +113,30 @@ def test_the_sqlite_migration_keeps_what_the_store_held(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 
 
+def test_the_sqlite_migration_keeps_each_jobs_record_as_last_seen(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        for version, script in enumerate(MIGRATIONS[:BEFORE_SEEN_SQLITE], start=1):
+            for statement in statements(script):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
+        for statement in HELD:
+            conn.execute(statement)
+
+    async def reopen() -> None:
+        store = SqliteStore(path)
+        await store.open()
+        try:
+            listed = await store.client_jobs("acme", limit=10)
+            assert {j.record_id: j.record for j in listed} == SEEN
+        finally:
+            await store.close()
+
+    asyncio.run(reopen())
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
 def test_the_sqlite_job_claim_reads_the_claim_index(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
 
@@ -144,12 +190,33 @@ async def test_the_postgresql_migration_keeps_what_the_store_held(pg_url: str) -
     store = PgStore(pg_url, db_clock=False)
     await store.open()
     try:
-        assert not store.created and store.schema_version == len(migrations()) == 2
+        assert not store.created and store.schema_version == len(migrations()) == 3
         [view] = await store.list_deliveries()
         assert (view.event_id, view.subscriber_id) == ("evt_old", "a")
         assert await store.register_job(job("r1"), now=5.0) == 1
         [claimed] = await store.claim_jobs(now=5.0, lease_s=1, limit=5)
         assert (claimed.subscriber_id, claimed.event.id) == ("job:r1", "evt_old")
+    finally:
+        await store.close()
+
+
+async def test_the_postgresql_migration_keeps_each_jobs_record_as_last_seen(pg_url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        await conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for version, script in enumerate(migrations()[:BEFORE_SEEN_PG], start=1):
+            await conn.execute(script)
+            await conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+        for statement in HELD:
+            await conn.execute(statement)
+    store = PgStore(pg_url, db_clock=False)
+    await store.open()
+    try:
+        assert store.schema_version == len(migrations())
+        listed = await store.client_jobs("acme", limit=10)
+        assert {j.record_id: j.record for j in listed} == SEEN
     finally:
         await store.close()
 
