@@ -423,9 +423,25 @@ class Dispatcher:
             rand=self._rand,
             retry_after_s=retry_after_s,
         )
-        if outcome.state is DeliveryState.FAILED:  # dead-lettered: reported (not a report's)
+        outcome, kept = await self._finish(delivery, attempt, outcome, url=sub.url, fields=fields)
+        if health_changed:  # the latest state in memory, whichever answer changed it
+            await self._store_health(sub)
+        self._outcome(delivery, attempt, outcome, kept, fields, waits=sub.id not in self._active)
+
+    async def _finish(
+        self,
+        delivery: Delivery,
+        attempt: Attempt,
+        outcome: AttemptOutcome,
+        *,
+        url: str,
+        fields: dict[str, object],
+    ) -> tuple[AttemptOutcome, bool | None]:
+        """Record an attempt (a dead letter with its report, unless it is a report's own
+        delivery); whether its lease still held (None: the store did not answer in time)."""
+        if outcome.state is DeliveryState.FAILED:
             dead = reports.dead_lettered(
-                delivery, attempt, url=sub.url, subscribers=list(self._subs.values())
+                delivery, attempt, url=url, subscribers=list(self._subs.values())
             )
             outcome = replace(outcome, report=dead)
         fields |= {"status_code": attempt.status_code, "latency_ms": round(attempt.latency_ms, 1)}
@@ -437,8 +453,20 @@ class Dispatcher:
         )
         if kept and outcome.report is not None:
             self._reported(outcome.report)
-        if health_changed:  # the latest state in memory, whichever answer changed it
-            await self._store_health(sub)
+        return outcome, kept
+
+    def _outcome(
+        self,
+        delivery: Delivery,
+        attempt: Attempt,
+        outcome: AttemptOutcome,
+        kept: bool | None,
+        fields: dict[str, object],
+        *,
+        waits: bool = False,
+    ) -> None:
+        """The log line of a recorded attempt, and `on_sent`. `waits`: its subscriber is
+        disabled, the delivery waits for it."""
         if kept is None:
             return
         if not kept:
@@ -447,7 +475,7 @@ class Dispatcher:
             log.info("delivered", **fields)
         elif outcome.state is DeliveryState.FAILED:
             log.error("delivery failed for good (dead-lettered)", error=attempt.error, **fields)
-        elif sub.id not in self._active:  # this answer (a 410) or another disabled it
+        elif waits:  # this answer (a 410) or another disabled it
             log.warning(
                 "delivery attempt failed; it waits while the subscriber is disabled",
                 error=attempt.error,
@@ -505,38 +533,9 @@ class Dispatcher:
                 rand=self._rand,
                 retry_after_s=retry_after_s,
             )
-        if outcome.state is DeliveryState.FAILED:
-            dead = reports.dead_lettered(
-                delivery, attempt, url=target.callback.url, subscribers=list(self._subs.values())
-            )
-            outcome = replace(outcome, report=dead)
-        fields |= {"status_code": attempt.status_code, "latency_ms": round(attempt.latency_ms, 1)}
-        kept = await retried(
-            self._clock,
-            lambda: self._store.finish_attempt(delivery, attempt, outcome),
-            what="record an attempt (its lease running out gives the delivery out again)",
-            **fields,
-        )
-        if kept and outcome.report is not None:
-            self._reported(outcome.report)
-        if kept is None:
-            return
-        if not kept:
-            log.warning("delivery lease lost before the attempt was recorded", **fields)
-        elif outcome.state is DeliveryState.DELIVERED:
-            log.info("delivered", **fields)
-        elif outcome.state is DeliveryState.FAILED:
-            log.error("delivery failed for good (dead-lettered)", error=attempt.error, **fields)
-        else:
-            retry_in = (outcome.next_attempt_at or 0) - self._clock.now()
-            log.warning(
-                "delivery attempt failed, will retry",
-                error=attempt.error,
-                retry_in_s=round(retry_in, 1),
-                **fields,
-            )
-        if self._on_sent is not None and kept:
-            self._on_sent(Sent(delivery, attempt, outcome.state))
+        url = target.callback.url
+        outcome, kept = await self._finish(delivery, attempt, outcome, url=url, fields=fields)
+        self._outcome(delivery, attempt, outcome, kept, fields)
 
     async def _post_callback(
         self, target: Target, delivery: Delivery
