@@ -115,8 +115,10 @@ async def test_kill_9_of_random_replicas_loses_nothing(
         seen[d.webhook_id].add((d.body_id, d.record_id, d.type))
     for evt, bodies in seen.items():  # a duplicate is the same event under the same id
         assert bodies == {(evt, *expected[evt])}, f"{evt}: {bodies}\n{message}"
+    # more than one replica delivered (followers deliver too). Not every slot: one killed at
+    # most rounds may have delivered nothing (seen: r0 killed 4 times, 0 of 605)
     senders = Counter(d.sender.split("-")[0] for d in got)
-    assert len(senders) == REPLICAS, f"deliveries by slot: {dict(senders)}\n{message}"
+    assert len(senders) >= 2, f"deliveries by slot: {dict(senders)}\n{message}"
     duplicates = len(got) - len(expected)
     print(
         f"{len(kills)} kills in {took_s:.1f}s ({kills}); {duplicates} duplicates; by slot {senders}"
