@@ -10,13 +10,12 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 
 from bridge.config_checks import Section, admin_token, listen_host, signing_secret, slug
 from bridge.config_sources import take_secret
+from bridge.models import COMPLETED, CREATED, FAILED_EVENT, PROGRESS
 
 MIB = 1024 * 1024
 _HOST_GLOB = re.compile(r"^[a-z0-9*?.\-\[\]:]{1,253}$")
-DEFAULT_CALLBACK_EVENTS = ("denoise.completed", "denoise.failed")
-CALLBACK_EVENTS = frozenset(
-    {"denoise.created", "denoise.completed", "denoise.failed", "denoise.progress"}
-)
+DEFAULT_CALLBACK_EVENTS = (COMPLETED, FAILED_EVENT)
+CALLBACK_EVENTS = frozenset({CREATED, COMPLETED, FAILED_EVENT, PROGRESS})
 
 
 class GatewayConfig(Section):

@@ -9,21 +9,18 @@ refuse, `events` lists no emitted event matches, and a configuration without sub
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from bridge.config import Settings, SubscriberConfig
-from bridge.deliver.guard import forbidden_reason
+from bridge.deliver.destination import RESOLVE_TIMEOUT_S, refusal
 from bridge.deliver.routing import wants
 from bridge.deliver.sendtest import send_test
 from bridge.models import COMPLETED, CREATED, FAILED_EVENT, PROGRESS, REPORTS
 from bridge.store.look import look, store_line
 
-RESOLVE_TIMEOUT_S = 3.0
 EMITTED = (CREATED, COMPLETED, FAILED_EVENT, PROGRESS, *REPORTS)  # not bridge.test
 NO_SUBSCRIBERS = "warning: no subscribers: events are recorded but sent nowhere"
 CALLBACKS_ONLY = (
@@ -51,35 +48,17 @@ async def destination_problem(
     does not resolve."""
     parts = urlsplit(sub.url)
     host = parts.hostname or ""
-    prefix = f"warning: subscriber {sub.id}: destination {host}"
-    fix = (
-        "every delivery will be refused (set delivery.allow_private_destinations = true"
-        " only for a receiver on this machine or network)"
-    )
-    try:
-        literal = ipaddress.ip_address(host)
-    except ValueError:
-        literal = None
-    if literal is not None:
-        reason = None if allow_private else forbidden_reason(literal)
-        return f"{prefix} is a {reason} address: {fix}" if reason else None
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(timeout_s):
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except TimeoutError:
-        return f"{prefix} did not resolve within {timeout_s:g} s"
-    except OSError as exc:
-        return f"{prefix} does not resolve ({exc.strerror or exc})"
-    if allow_private:
+    found = await refusal(host, port, allow_private=allow_private, timeout_s=timeout_s)
+    if found is None:
         return None
-    addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
-    refused = {ip: forbidden_reason(ip) for ip in addresses}
-    if not addresses or not all(refused.values()):
-        return None
-    shown = ", ".join(f"{ip} ({reason})" for ip, reason in sorted(refused.items(), key=str))
-    return f"{prefix} resolves only to refused addresses: {shown}: {fix}"
+    line = f"warning: subscriber {sub.id}: destination {host} {found.text}"
+    if found.refused:
+        line += (
+            ": every delivery will be refused (set delivery.allow_private_destinations = true"
+            " only for a receiver on this machine or network)"
+        )
+    return line
 
 
 async def warnings(settings: Settings) -> list[str]:

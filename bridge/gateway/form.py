@@ -4,19 +4,16 @@ client may not use or the SSRF rules refuse)."""
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
-import ipaddress
 import json
 import math
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from bridge.config_gateway import CALLBACK_EVENTS, DEFAULT_CALLBACK_EVENTS, ClientConfig
-from bridge.deliver.guard import forbidden_reason
+from bridge.deliver.destination import refusal
 from bridge.gateway.errors import BAD_FIELD, REFUSED_CALLBACK, GatewayError
 from bridge.models import Callback
 from bridge.redact import redact_url
@@ -25,7 +22,6 @@ OPTION_FIELDS = ("callback_url", "callback_events", "metadata")
 MAX_METADATA_BYTES = 4096
 MAX_URL_CHARS = 2048
 MAX_FIELD_BYTES = {"callback_url": MAX_URL_CHARS, "callback_events": 1024, "metadata": 16384}
-RESOLVE_TIMEOUT_S = 3.0
 
 
 def bad(message: str) -> GatewayError:
@@ -156,31 +152,7 @@ async def check_callback_url(url: str, globs: Sequence[str], *, allow_private: b
         raise refused(f"callback_url host {host} is not in this client's allowed_callback_hosts")
     if allow_private:
         return
-    reason = await ssrf_problem(host, port or (443 if parts.scheme.lower() == "https" else 80))
-    if reason is not None:
-        raise refused(f"callback_url {shown} refused: {reason}")
-
-
-async def ssrf_problem(host: str, port: int) -> str | None:
-    """Why the SSRF rules refuse `host`, or None (the checks of `munsit-bridge check`)."""
-    try:
-        literal = ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
-        literal = None
-    if literal is not None:
-        reason = forbidden_reason(literal)
-        return f"{reason} address" if reason else None
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(RESOLVE_TIMEOUT_S):
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except TimeoutError:
-        return f"{host} did not resolve within {RESOLVE_TIMEOUT_S:g} s"
-    except OSError:
-        return f"{host} does not resolve"
-    addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
-    found = {ip: forbidden_reason(ip) for ip in addresses}
-    if not addresses or not all(found.values()):
-        return None
-    listed = ", ".join(f"{ip} ({why})" for ip, why in sorted(found.items(), key=str))
-    return f"{host} resolves only to refused addresses: {listed}"
+    port = port or (443 if parts.scheme.lower() == "https" else 80)
+    found = await refusal(host, port, allow_private=False)
+    if found is not None:
+        raise refused(f"callback_url {shown} refused: {host} {found.text}")

@@ -176,9 +176,7 @@ class PgStore:
                 reporting=reporting,
             )
 
-        claimed = await self._claim_tx(run, on_dead)
-        log_lost(claimed.lost)
-        return claimed.deliveries
+        return await self._claim_tx(run, on_dead)
 
     async def claim_lanes(
         self,
@@ -208,20 +206,18 @@ class PgStore:
                 reporting=reporting,
             )
 
-        claimed = await self._claim_tx(run, on_dead)
-        log_lost(claimed.lost)
-        return claimed.deliveries
+        return await self._claim_tx(run, on_dead)
 
     async def _claim_tx(
         self,
         run: Callable[[Conn, claims.Reporting | None], Awaitable[Claimed]],
         on_dead: Callable[[Delivery, Attempt], Report | None] | None,
-    ) -> Claimed:
-        """A claim's transaction, storing the reports of the deliveries it dead-letters
-        (`on_dead`). Those writes take the scan lock first, as every write storing an event
-        does (events are numbered in commit order): a claim runs without it, and only when
-        it would dead-letter a delivery is it rolled back and run again, the lock taken
-        first (`on_dead` is asked then only)."""
+    ) -> list[Delivery]:
+        """A claim's transaction (its lost leases logged), storing the reports of the
+        deliveries it dead-letters (`on_dead`). Those writes take the scan lock first, as
+        every write storing an event does (events are numbered in commit order): a claim
+        runs without it, and only when it would dead-letter a delivery is it rolled back
+        and run again, the lock taken first (`on_dead` is asked then only)."""
 
         async def attempt(conn: Conn, locked: bool) -> Claimed:
             if locked:  # first, before any row or claim lock (see `ScanLockFirst`)
@@ -235,9 +231,11 @@ class PgStore:
             return claimed
 
         try:
-            return await self._db.tx("claiming deliveries", lambda c: attempt(c, False))
+            claimed = await self._db.tx("claiming deliveries", lambda c: attempt(c, False))
         except claims.ScanLockFirst:
-            return await self._db.tx("claiming deliveries", lambda c: attempt(c, True))
+            claimed = await self._db.tx("claiming deliveries", lambda c: attempt(c, True))
+        log_lost(claimed.lost)
+        return claimed.deliveries
 
     async def finish_attempt(
         self, delivery: Delivery, attempt: Attempt, outcome: AttemptOutcome
@@ -453,9 +451,7 @@ class PgStore:
                 reporting=reporting,
             )
 
-        claimed = await self._claim_tx(run, on_dead)
-        log_lost(claimed.lost)
-        return claimed.deliveries
+        return await self._claim_tx(run, on_dead)
 
     async def next_job_due_at(self) -> float | None:
         sent = time.time()

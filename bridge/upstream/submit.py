@@ -1,7 +1,7 @@
 """The gateway's calls to Munsit: the streaming `POST /denoise` and the progress relay.
 
-The upload is a multipart body written as its bytes arrive (chunked transfer encoding, or a
-Content-Length when the size is known): never held whole in memory. `request_timeout_s`
+The upload is a multipart body written as its bytes arrive (chunked transfer encoding):
+never held whole in memory. `request_timeout_s`
 bounds connecting and, once the last byte is sent, Munsit's answer — not the upload itself,
 which lasts as long as the client takes to send it.
 """
@@ -79,14 +79,12 @@ async def submit_audio(
     content_type: str,
     chunks: AsyncIterable[bytes],
     timeout_s: float,
-    size: int | None = None,
 ) -> Answer:
     """`POST {base_url}/denoise` with `chunks` as the `audio` file, sent as they come.
 
     An exception raised by `chunks` (the client's upload was refused or broke off) aborts the
     request before the multipart body is complete, so Munsit gets no job, and is raised
-    again here. `size`, when known, is the file's length: the body then has a Content-Length.
-    Raises `SubmitUnreachable` or `SubmitTimeout` when Munsit gives no answer."""
+    again here. Raises `SubmitUnreachable` or `SubmitTimeout` when Munsit gives no answer."""
     boundary = "munsit-bridge-" + secrets.token_hex(16)
     head, tail = part_head(boundary, file_name, content_type), part_tail(boundary)
     sent = asyncio.Event()
@@ -105,8 +103,6 @@ async def submit_audio(
 
     headers = _headers(api_key, "application/json")
     headers["content-type"] = f"multipart/form-data; boundary={boundary}"
-    if size is not None:
-        headers["content-length"] = str(len(head) + size + len(tail))
     timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_connect=timeout_s)
     url = base_url.rstrip("/") + "/denoise"
 

@@ -236,6 +236,20 @@ async def test_a_dead_letter_is_reported_and_a_reports_dead_letter_is_not(
     assert [t for t in types_seen(receivers["globs"]) if t.startswith("bridge.")] == []
 
 
+async def counting(svc: Service, session: aiohttp.ClientSession, calls: list[int]) -> Dispatcher:
+    """A dispatcher over the service's store that counts its `on_report` calls."""
+    dispatcher = Dispatcher(
+        svc.store,
+        session,
+        subscribers=svc.settings.subscribers,
+        config=svc.settings.delivery,
+        clock=svc.clock,
+        on_report=lambda _report: calls.append(1),
+    )
+    await dispatcher.load_health()
+    return dispatcher
+
+
 async def test_on_report_is_called_and_a_running_dispatcher_sends_the_report_at_once(
     sim: Simulator,
     receivers: dict[str, RecordingReceiver],
@@ -246,15 +260,7 @@ async def test_on_report_is_called_and_a_running_dispatcher_sends_the_report_at_
     settings = make_settings()
     calls: list[int] = []
     async with Service(settings, clock=clock) as svc, aiohttp.ClientSession() as session:
-        dispatcher = Dispatcher(
-            svc.store,
-            session,
-            subscribers=settings.subscribers,
-            config=settings.delivery,
-            clock=clock,
-            on_report=lambda _report: calls.append(1),
-        )
-        await dispatcher.load_health()
+        dispatcher = await counting(svc, session, calls)
         await queue_events(svc, sim, clock, 1)
         stop = asyncio.Event()
         runner = asyncio.create_task(dispatcher.run(stop))
@@ -345,15 +351,7 @@ async def test_a_disable_whose_health_write_failed_for_good_is_reported_once_it_
         Service(settings, clock=clock, store=store) as svc,
         aiohttp.ClientSession() as session,
     ):
-        dispatcher = Dispatcher(
-            svc.store,
-            session,
-            subscribers=settings.subscribers,
-            config=settings.delivery,
-            clock=clock,
-            on_report=lambda _report: calls.append(1),
-        )
-        await dispatcher.load_health()
+        dispatcher = await counting(svc, session, calls)
         await queue_events(svc, sim, clock, 1)
         store.down = True
         await drive(clock, dispatcher.drain_once())  # the 410: disabled, its write fails
@@ -381,15 +379,7 @@ async def test_a_disable_whose_report_the_store_already_had_is_not_announced(
     settings = make_settings()
     calls: list[int] = []
     async with Service(settings, clock=clock) as svc, aiohttp.ClientSession() as session:
-        dispatcher = Dispatcher(
-            svc.store,
-            session,
-            subscribers=settings.subscribers,
-            config=settings.delivery,
-            clock=clock,
-            on_report=lambda _report: calls.append(1),
-        )
-        await dispatcher.load_health()
+        dispatcher = await counting(svc, session, calls)
         await queue_events(svc, sim, clock, 1)
         # another writer (a replica, say) disabled it meanwhile: this dispatcher's view
         # still has it enabled, so its 410 disables it again, but the store keeps no report
