@@ -58,7 +58,7 @@ def percentile(values: Sequence[float], pct: float) -> float:
 def record(title: str, lines: Sequence[str]) -> None:
     """Print the figures and append them, stamped, to RESULTS.md."""
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    block = [f"### {title}", "", f"{stamp} · {machine()} · commit {commit()}", "", *lines, ""]
+    block = ["", f"### {title}", "", f"{stamp} · {machine()} · commit {commit()}", "", *lines, ""]
     text = "\n".join(block)
     print(text)
     if not RESULTS.exists():

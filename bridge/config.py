@@ -27,13 +27,14 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from bridge.config_accounts import AccountConfig, check_accounts, check_names
 from bridge.config_checks import (
     PUBLIC_EXAMPLE_SECRET,
     Section,
     admin_token,
+    api_root,
     check_secret,
     header_token,
-    http_url,
     is_loopback,
     listen_host,
 )
@@ -81,7 +82,7 @@ _config_file: ContextVar[Path | None] = ContextVar("bridge_config_path", default
 
 class UpstreamConfig(Section):
     base_url: str = "https://api.munsit.com/api/v1"
-    api_key: SecretStr
+    api_key: SecretStr | None = None  # required without [[accounts]]
     page_size: int = Field(50, ge=1, le=1000)
     poll_interval_s: float = Field(5.0, gt=0)
     idle_poll_interval_s: float = Field(30.0, gt=0)
@@ -96,12 +97,12 @@ class UpstreamConfig(Section):
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, value: str) -> str:
-        return http_url(value).rstrip("/")
+        return api_root(value)
 
     @field_validator("api_key")
     @classmethod
-    def _api_key(cls, value: SecretStr) -> SecretStr:
-        return header_token(value)
+    def _api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else header_token(value)
 
 
 class StoreConfig(Section):
@@ -231,6 +232,7 @@ class Settings(BaseSettings):
     log: LogConfig = LogConfig()
     gateway: GatewayConfig = GatewayConfig()
     clients: list[ClientConfig] = Field(default_factory=list)
+    accounts: list[AccountConfig] = Field(default_factory=list)
     subscribers: list[SubscriberConfig] = Field(default_factory=list)
     _config_path: Path | None = PrivateAttr(None)
 
@@ -265,13 +267,50 @@ class Settings(BaseSettings):
                 raise ValueError(f"clients[{i}].id: duplicate id {client.id!r}")
             if client.token.get_secret_value() in tokens:
                 raise ValueError(f"clients[{i}].token: the same token as another client's")
-            if client.account not in (None, DEFAULT_ACCOUNT):
-                raise ValueError(
-                    f"clients[{i}].account: no account {client.account!r} (known: default)"
-                )
             ids.add(client.id)
             tokens.add(client.token.get_secret_value())
         return value
+
+    @model_validator(mode="after")
+    def _accounts(self) -> Settings:
+        if not self.accounts and self.upstream.api_key is None:
+            raise ValueError("upstream.api_key: required (or set MUNSIT_API_KEY)")
+        check_accounts(self.accounts, self.upstream.api_key)
+        known = self.account_ids
+        for i, sub in enumerate(self.subscribers):
+            check_names(f"subscribers[{i}].accounts", sub.accounts or (), known)
+        for i, client in enumerate(self.clients):
+            if client.account is not None:
+                check_names(f"clients[{i}].account", [client.account], known)
+            elif len(known) > 1:
+                raise ValueError(
+                    f"clients[{i}].account: required with several accounts (known:"
+                    f" {', '.join(known)})"
+                )
+        return self
+
+    @property
+    def account_ids(self) -> list[str]:
+        """The Munsit accounts polled, in the order configured (`default` without any)."""
+        return [a.id for a in self.accounts] or [DEFAULT_ACCOUNT]
+
+    def account_upstreams(self) -> dict[str, UpstreamConfig]:
+        """Each account's upstream settings: `[upstream]` with the account's own key, URL
+        and intervals where it gives them."""
+        if not self.accounts:
+            return {DEFAULT_ACCOUNT: self.upstream}
+        out = {}
+        for account in self.accounts:
+            update: dict[str, Any] = {"api_key": account.api_key or self.upstream.api_key}
+            for name in ("base_url", "poll_interval_s", "idle_poll_interval_s"):
+                if (value := getattr(account, name)) is not None:
+                    update[name] = value
+            out[account.id] = self.upstream.model_copy(update=update)
+        return out
+
+    def client_account(self, client: ClientConfig) -> str:
+        """The account a gateway client's submissions use."""
+        return client.account or self.account_ids[0]
 
     @model_validator(mode="after")
     def _gateway_clients(self) -> Settings:

@@ -119,3 +119,12 @@ def slug(value: str) -> str:
             f"must be a slug (lower-case letters, digits, '-' or '_', at most 64), got {value!r}"
         )
     return value
+
+
+def api_root(value: str) -> str:
+    """A Munsit API root: an http(s) URL without user-info (the key goes in a header, and a
+    URL is shown in logs, `check` and `status`)."""
+    url = http_url(value).rstrip("/")
+    if "@" in urlsplit(url).netloc:
+        raise ValueError("must not hold a user name or password (the API key is api_key)")
+    return url

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from bridge.config_checks import Section, http_url, signing_secret, slug
-from bridge.config_sources import take_secret
+from bridge.config_sources import base_dir, source_error, take_secret
+from bridge.deliver.templates.sandbox import JSON_TYPE, TemplateError, compiled
 from bridge.models import EVENT_TYPES
 
 DEFAULT_EVENTS = ["denoise.completed", "denoise.failed"]
@@ -25,9 +34,13 @@ RESERVED_HEADERS = frozenset(
         "transfer-encoding",
     }
 )
+_CHARSET = re.compile(r";\s*charset\s*=\s*([^;\s]+)", re.I)
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_MEDIA_TYPE = re.compile(rf'^{_TOKEN}/{_TOKEN}(\s*;\s*{_TOKEN}=({_TOKEN}|"[^"\\]*"))*$')
 
-Format = Literal["standard", "zapier", "slack", "discord", "teams"]
+Format = Literal["standard", "zapier", "slack", "discord", "teams", "template"]
+TEMPLATE_KEYS = ("template", "template_file", "content_type")  # format template's own
 
 
 class SubscriberConfig(Section):
@@ -45,6 +58,21 @@ class SubscriberConfig(Section):
     rate_limit_per_s: float | None = Field(None, gt=0)
     headers: dict[str, str] = Field(default_factory=dict)
     enabled: bool = True
+    accounts: list[str] | None = Field(None, min_length=1)  # None: every account's events
+    template: str | None = None  # format template: the Jinja2 template itself...
+    template_file: str | None = None  # ...or its file (relative: to the config file's dir)
+    content_type: str | None = None  # format template: the body's media type
+    _template_source: str | None = PrivateAttr(None)
+
+    @property
+    def template_source(self) -> str | None:
+        """The template's text (from `template` or `template_file`), checked to compile."""
+        return self._template_source
+
+    @property
+    def media_type(self) -> str:
+        """The `content-type` of this subscriber's requests."""
+        return self.content_type or JSON_TYPE
 
     @property
     def rate_per_s(self) -> float | None:
@@ -111,6 +139,60 @@ class SubscriberConfig(Section):
                 )
         return value
 
+    @field_validator("accounts")
+    @classmethod
+    def _accounts(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            for i, account in enumerate(value):
+                try:
+                    slug(account)
+                except ValueError as exc:
+                    raise ValueError(f"item {i}: {exc}") from None
+        return value
+
+    @field_validator("content_type")
+    @classmethod
+    def _content_type(cls, value: str | None) -> str | None:
+        if value is not None:
+            if "\r" in value or "\n" in value:
+                raise ValueError("contains a line break")
+            if not _MEDIA_TYPE.match(value.strip()):
+                raise ValueError(
+                    f"{value!r} is not a media type (like 'text/plain' or "
+                    "'application/json; charset=utf-8')"
+                )
+            charset = _CHARSET.search(value)
+            if charset and charset.group(1).strip("\"'").lower() not in ("utf-8", "utf8"):
+                raise ValueError(
+                    f"charset {charset.group(1)!r}: bodies are sent as UTF-8 (give charset=utf-8"
+                    " or none)"
+                )
+        return None if value is None else value.strip()
+
+    @model_validator(mode="after")
+    def _template_keys(self) -> SubscriberConfig:
+        """Format template takes `template` or `template_file` (exactly one), compiled here so
+        that a syntax error names its key and line; other formats take neither."""
+        given = [k for k in TEMPLATE_KEYS if getattr(self, k) is not None]
+        if self.format != "template":
+            if given:
+                raise source_error(given[0], f"only with format 'template', not {self.format!r}")
+            return self
+        if self.template is not None and self.template_file is not None:
+            raise source_error("template_file", "cannot be combined with template: give one")
+        if self.template is None and self.template_file is None:
+            raise source_error("format", "format 'template' needs template or template_file")
+        key, source = "template", self.template
+        if self.template_file is not None:
+            key, source = "template_file", _read_template(self.template_file)
+        assert source is not None
+        try:
+            compiled(source)
+        except TemplateError as exc:
+            raise source_error(key, str(exc)) from None
+        self._template_source = source
+        return self
+
     @field_validator("headers")
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
@@ -122,3 +204,14 @@ class SubscriberConfig(Section):
             if "\r" in header_value or "\n" in header_value:
                 raise ValueError(f"value of {name!r} contains a line break")
         return value
+
+
+def _read_template(ref: str) -> str:
+    path = Path(ref) if Path(ref).is_absolute() else base_dir() / ref
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        reason = f"cannot read {path} ({exc.strerror or exc})"
+    except UnicodeDecodeError:
+        reason = f"{path} is not UTF-8 text"
+    raise source_error("template_file", reason)

@@ -19,19 +19,20 @@ class Metrics:
         reg = self.registry
         self.polls = Counter(
             "bridge_polls",
-            "Polls of the Munsit list by result (ok, error, auth_failed)",
-            ["result"],
+            "Polls of the Munsit list by account and result (ok, error, auth_failed)",
+            ["account", "result"],
             registry=reg,
         )
         self.upstream_requests = Counter(
             "bridge_upstream_requests",
-            "Munsit list requests by HTTP status code (or timeout, error)",
-            ["code"],
+            "Munsit list requests by account and HTTP status code (or timeout, error)",
+            ["account", "code"],
             registry=reg,
         )
         self.pages_per_poll = Histogram(
             "bridge_upstream_pages_per_poll",
-            "List pages read by one successful poll",
+            "List pages read by one successful poll, by account",
+            ["account"],
             buckets=PAGE_BUCKETS,
             registry=reg,
         )
@@ -52,7 +53,10 @@ class Metrics:
             "bridge_outbox_pending", "Deliveries pending (due or waiting to retry)", registry=reg
         )
         self.records_pending = Gauge(
-            "bridge_records_pending", "Known Munsit records still pending", registry=reg
+            "bridge_records_pending",
+            "Known Munsit records still pending, by account",
+            ["account"],
+            registry=reg,
         )
         self.subscriber_enabled = Gauge(
             "bridge_subscriber_enabled",
@@ -71,7 +75,8 @@ class Metrics:
         )
         self.records_quarantined = Counter(
             "bridge_records_quarantined",
-            "Munsit records skipped because they cannot be stored or delivered as sent",
+            "Munsit records skipped because they cannot be stored or delivered as sent, by account",
+            ["account"],
             registry=reg,
         )
         self.outbox_orphaned = Gauge(
@@ -92,7 +97,8 @@ class Metrics:
         )
         self.last_poll_success = Gauge(
             "bridge_last_poll_success_timestamp_seconds",
-            "Unix time of the last successful poll",
+            "Unix time of the last successful poll, by account",
+            ["account"],
             registry=reg,
         )
 

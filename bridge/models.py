@@ -16,6 +16,10 @@ FAILED = "failed"
 KNOWN_STATUSES = frozenset({PENDING, SUCCESS, FAILED})
 
 DEFAULT_ACCOUNT = "default"  # the one account `[upstream]` is, without `[[accounts]]`
+# A record's key in the store, in events and in `job:` targets: the Munsit id for the
+# `default` account (so its keys and event ids are what they were before accounts existed),
+# `<account>/<Munsit id>` for any other. Munsit ids never hold a `/` (`id_problem`).
+ACCOUNT_SEP = "/"
 JOB_TARGET = "job:"  # a gateway callback's target id: `job:<record id>`
 
 CREATED = "denoise.created"
@@ -28,6 +32,17 @@ DEAD_LETTERED = "bridge.delivery_dead_lettered"  # a delivery failed for good
 REPORTS = (SUBSCRIBER_DISABLED, DEAD_LETTERED)  # the bridge's reports on itself
 EVENT_TYPES = (CREATED, COMPLETED, FAILED_EVENT, PROGRESS, TEST, *REPORTS)
 TERMINAL_EVENT = {SUCCESS: COMPLETED, FAILED: FAILED_EVENT}
+
+
+def record_key(account: str, munsit_id: str) -> str:
+    """The key of Munsit record `munsit_id` of `account` (see `ACCOUNT_SEP`)."""
+    return munsit_id if account == DEFAULT_ACCOUNT else f"{account}{ACCOUNT_SEP}{munsit_id}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(account, Munsit id) of a record key."""
+    account, sep, munsit_id = key.partition(ACCOUNT_SEP)
+    return (account, munsit_id) if sep else (DEFAULT_ACCOUNT, key)
 
 
 def iso_utc(ts: float) -> str:
@@ -64,6 +79,8 @@ def id_problem(rid: object) -> str | None:
         return f"field 'id' is longer than {MAX_ID_CHARS} characters"
     if _CONTROL.search(rid):
         return "field 'id' holds control characters"
+    if ACCOUNT_SEP in rid:
+        return f"field 'id' holds {ACCOUNT_SEP!r} (Munsit ids never do)"
     return None
 
 
@@ -151,6 +168,11 @@ class Event:
     occurred_at: float
     previous_status: str | None
     data: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def account(self) -> str | None:
+        """The Munsit account a `denoise.*` event comes from; None for the bridge's own."""
+        return split_key(self.record_id)[0] if self.type.startswith("denoise.") else None
 
 
 class DeliveryState(StrEnum):

@@ -4,6 +4,8 @@ It creates nothing (the store is looked at read-only, see `store.look`), and war
 lines starting `warning:` that name the subscriber, about destinations the SSRF guard will
 refuse, `events` lists no emitted event matches, and a configuration without subscribers.
 `--live` also asks Munsit once; `--send-test` sends `bridge.test` to every subscriber.
+Body templates are rendered against a sample event first: one that fails is a configuration
+error naming the subscriber and the template line.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ from bridge.config import Settings, SubscriberConfig
 from bridge.deliver.destination import RESOLVE_TIMEOUT_S, refusal
 from bridge.deliver.routing import wants
 from bridge.deliver.sendtest import send_test
+from bridge.deliver.templates.body import render_template, why
+from bridge.deliver.templates.pool import close as close_template_workers
+from bridge.errors import ConfigError, UpstreamError
 from bridge.models import COMPLETED, CREATED, FAILED_EVENT, PROGRESS, REPORTS
+from bridge.samples import samples
 from bridge.store.look import look, store_line
 
 EMITTED = (CREATED, COMPLETED, FAILED_EVENT, PROGRESS, *REPORTS)  # not bridge.test
@@ -74,23 +80,42 @@ async def warnings(settings: Settings) -> list[str]:
     return lines
 
 
-async def check_upstream(settings: Settings) -> None:
-    """Ask Munsit for one record: `UpstreamError` when the key or the address is wrong."""
-    from bridge.clock import SystemClock
-    from bridge.upstream.client import MunsitClient
+async def template_problems(settings: Settings) -> list[str]:
+    """`subscribers[i] (id): reason` for each body template that fails on a sample of an
+    event type it gets (any error, the time cap, non-JSON for a JSON type): the first
+    failure of each, naming the sample's type."""
+    lines = []
+    for i, sub in enumerate(settings.subscribers):
+        if sub.template_source is None:
+            continue
+        for sample in samples(sub, settings.account_ids):
+            try:
+                await render_template(sub.template_source, sample, sub.media_type)
+            except Exception as exc:
+                lines.append(f"subscribers[{i}] ({sub.id}): {why(exc)} (on a sample {sample.type})")
+                break
+    await close_template_workers()
+    return lines
 
-    clock = SystemClock()
+
+async def check_upstream(settings: Settings, emit: Emit) -> None:
+    """Ask Munsit for one record with each account's key: `UpstreamError` (naming the
+    account when there are several) when a key or an address is wrong."""
+    from bridge.clock import SystemClock
+    from bridge.polling import munsit_client
+
+    several = bool(settings.accounts)
     async with aiohttp.ClientSession() as session:
-        client = MunsitClient(
-            session,
-            base_url=settings.upstream.base_url,
-            api_key=settings.upstream.api_key,
-            timeout_s=settings.upstream.request_timeout_s,
-            sleep=clock.sleep,
-            now=clock.now,
-            max_attempts=2,
-        )
-        await client.list_page(0, 1)
+        for account, up in settings.account_upstreams().items():
+            client = munsit_client(settings, account, session, SystemClock(), max_attempts=2)
+            try:
+                await client.list_page(0, 1)
+            except UpstreamError as exc:
+                if several:
+                    raise type(exc)(f"account {account}: {exc}", status=exc.status) from None
+                raise
+            name = f"account {account}: " if several else ""
+            emit(f"upstream ok: {name}{up.base_url} accepted the API key")
 
 
 async def send_tests(settings: Settings, emit: Emit) -> bool:
@@ -112,16 +137,21 @@ async def send_tests(settings: Settings, emit: Emit) -> bool:
 
 async def check(settings: Settings, *, live: bool, send: bool, emit: Emit) -> bool:
     """Run the checks, emitting lines as they are known; False when a test send failed.
-    A store `run` could not use, or a failed upstream call, raises `BridgeError`."""
+    A store `run` could not use, or a failed upstream call, raises `BridgeError`; a body
+    template that fails raises `ConfigError`."""
+    if problems := await template_problems(settings):
+        raise ConfigError(problems)
     found = await look(settings)
     subs = ", ".join(s.id for s in settings.subscribers) or "none"
     emit(f"config ok: subscribers: {subs}")
+    if settings.accounts:
+        ups = settings.account_upstreams().items()
+        emit("accounts: " + ", ".join(f"{a} ({up.base_url})" for a, up in ups))
     emit(store_line(found))
     for line in await warnings(settings):
         emit(line)
     if live:
-        await check_upstream(settings)
-        emit(f"upstream ok: {settings.upstream.base_url} accepted the API key")
+        await check_upstream(settings, emit)
     if send and settings.subscribers:
         return await send_tests(settings, emit)
     return True

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
-from bridge.admin.health import poll_error_kind, readiness
+from bridge.admin.health import failing_reason, poll_error_kind, readiness
 from bridge.clock import Clock
 from bridge.config import Settings
 from bridge.detect.poller import Poller
 from bridge.errors import BridgeError
-from bridge.models import iso_utc
+from bridge.models import DEFAULT_ACCOUNT, iso_utc
 from bridge.redact import redact_text
-from bridge.store.base import LeaderState, OperationsStore
+from bridge.store.base import LAST_POLL, LeaderState, OperationsStore, Store, meta_key
 
 STORE_TIMEOUT_S = 2.0  # the store does not answer after this long
 
@@ -30,37 +30,96 @@ async def store_error(store: OperationsStore) -> str | None:
     return None
 
 
+class Polled(Protocol):
+    """An account being polled, as readiness judges it."""
+
+    id: str
+    poller: Poller
+
+
 async def readyz(
     *,
     settings: Settings,
-    store: OperationsStore,
+    store: Store,
     clock: Clock,
     role: str,
-    poller: Poller,
+    accounts: Mapping[str, Polled],
     leader_state: Callable[[], Awaitable[LeaderState | None]],
     failing: Mapping[str, str],
 ) -> dict[str, Any]:
-    """`ready`, `reasons`, `role`, `replica`, `last_poll_success_at` (and `leader` on a
-    follower)."""
+    """`ready`, `reasons`, `role`, `replica`, `last_poll_success_at` (the oldest account's),
+    `accounts` (each one's `ready`, `reasons` and last poll), and `leader` on a follower."""
     problem = await store_error(store)
     body: dict[str, Any] = {"role": role, "replica": settings.store.replica_id}
+    now = clock.now()
     if role == "leader":
-        last_poll = poller.last_success_at
-        reasons = readiness(
-            now=clock.now(),
-            store_error=problem,
-            auth_failed=poller.auth_failed,
-            last_success_at=last_poll,
-            last_error_kind=poll_error_kind(poller.last_error),
-            interval_s=poller.base_interval_s(),
-            failing=failing,
-        )
+        reasons = [f"store unreachable: {problem}"] if problem is not None else []
+        reasons += [failing_reason(name, text) for name, text in sorted(failing.items())]
+        states = {a.id: _leader_account(a.poller, now) for a in accounts.values()}
+        polls = [a.poller.last_success_at for a in accounts.values()]
+        last_poll = None if None in polls else min(p for p in polls if p is not None)
     else:
         reasons, last_poll, body["leader"] = await _follower(
             settings, clock, problem, leader_state, failing
         )
+        states = await _follower_accounts(settings, store, now) if problem is None else {}
+    for account_id, state in states.items():
+        if role == "leader":  # a follower's reasons come from the leader's lease
+            reasons += [
+                r if list(states) == [DEFAULT_ACCOUNT] else f"account {account_id}: {r}"
+                for r in state["reasons"]
+            ]
     shown = None if last_poll is None else iso_utc(last_poll)
-    return body | {"ready": not reasons, "reasons": reasons, "last_poll_success_at": shown}
+    return body | {
+        "ready": not reasons,
+        "reasons": reasons,
+        "last_poll_success_at": shown,
+        "accounts": states,
+    }
+
+
+def _leader_account(poller: Poller, now: float) -> dict[str, Any]:
+    """One account as the replica polling it knows it."""
+    reasons = readiness(
+        now=now,
+        store_error=None,
+        auth_failed=poller.auth_failed,
+        last_success_at=poller.last_success_at,
+        last_error_kind=poll_error_kind(poller.last_error),
+        interval_s=poller.base_interval_s(),
+    )
+    return _shown(reasons, poller.last_success_at)
+
+
+async def _follower_accounts(settings: Settings, store: Store, now: float) -> dict[str, Any]:
+    """Each account as the store records its last successful poll."""
+    states: dict[str, Any] = {}
+    for account_id, up in settings.account_upstreams().items():
+        try:
+            text = await asyncio.wait_for(
+                store.get_meta(meta_key(account_id, LAST_POLL)), STORE_TIMEOUT_S
+            )
+        except (BridgeError, TimeoutError):
+            text = None
+        last = None if text is None else float(text)
+        reasons = readiness(
+            now=now,
+            store_error=None,
+            auth_failed=False,
+            last_success_at=last,
+            last_error_kind=None,
+            interval_s=max(up.poll_interval_s, up.idle_poll_interval_s),
+        )
+        states[account_id] = _shown(reasons, last)
+    return states
+
+
+def _shown(reasons: list[str], last: float | None) -> dict[str, Any]:
+    return {
+        "ready": not reasons,
+        "reasons": reasons,
+        "last_poll_success_at": None if last is None else iso_utc(last),
+    }
 
 
 async def _follower(
@@ -82,14 +141,17 @@ async def _follower(
         leader = None
     if leader is None:
         return [f"store unreachable: no answer within {STORE_TIMEOUT_S:.0f} s"], None, None
-    up = settings.upstream
+    longest = max(
+        max(up.poll_interval_s, up.idle_poll_interval_s)
+        for up in settings.account_upstreams().values()
+    )
     reasons = readiness(
         now=clock.now(),
         store_error=None,
         auth_failed=False,
-        last_success_at=leader.last_poll_at,
+        last_success_at=leader.last_poll_at,  # the oldest of the accounts' last polls
         last_error_kind=None,
-        interval_s=max(up.poll_interval_s, up.idle_poll_interval_s),
+        interval_s=longest,
         failing=failing,
         recorded_every_s=settings.store.leader_lease_s / 3,
     )

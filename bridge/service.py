@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 from collections.abc import Callable
 from types import TracebackType
@@ -20,14 +21,24 @@ from bridge.config import Settings
 from bridge.deliver.dispatcher import Dispatcher, Sent
 from bridge.deliver.guard import guarded_socket_factory
 from bridge.deliver.lanes import lane_of
+from bridge.deliver.templates import pool as template_pool
 from bridge.detect.poller import Poller, PollResult
 from bridge.detect.progress import ProgressWatcher
 from bridge.errors import BridgeError, StoreError
 from bridge.feedwait import FeedSignal
 from bridge.leader import Leadership
 from bridge.metrics import Metrics
-from bridge.models import JOB_TARGET, PROGRESS, TERMINAL_EVENT, DeliveryState, Report
+from bridge.models import (
+    DEFAULT_ACCOUNT,
+    JOB_TARGET,
+    PROGRESS,
+    TERMINAL_EVENT,
+    DeliveryState,
+    Report,
+    split_key,
+)
 from bridge.ops.core import Operations
+from bridge.polling import Account, open_accounts
 from bridge.ready import readyz
 from bridge.redact import describe
 from bridge.retention import Retention
@@ -66,7 +77,7 @@ class Service:
         self._on_sent = on_sent
         self._sessions: list[aiohttp.ClientSession] = []
         self._background: set[asyncio.Task[None]] = set()
-        self.watcher: ProgressWatcher | None = None
+        self.accounts: dict[str, Account] = {}
         self.metrics = Metrics()
         self.feed = FeedSignal()  # wakes the pull feed's long polls and streams
         # supervised components that keep failing: name -> their last error (for /readyz)
@@ -81,6 +92,28 @@ class Service:
         self.gateway_port: int | None = None
 
     @property
+    def poller(self) -> Poller:
+        """The first account's poller (the only one without `[[accounts]]`)."""
+        return self._first.poller
+
+    @property
+    def client(self) -> MunsitClient:
+        """The first account's Munsit client."""
+        return self._first.client
+
+    @property
+    def watcher(self) -> ProgressWatcher | None:
+        """The first account's progress streams."""
+        return self._first.watcher
+
+    @property
+    def _first(self) -> Account:
+        return next(iter(self.accounts.values()))
+
+    def _watchers(self) -> list[ProgressWatcher]:
+        return [a.watcher for a in self.accounts.values() if a.watcher is not None]
+
+    @property
     def role(self) -> str:
         """`leader` (polls Munsit and delivers) or `follower` (delivers)."""
         if self.shared is None:
@@ -91,14 +124,8 @@ class Service:
         async with contextlib.AsyncExitStack() as stack:  # a failed start closes what opened
             await self.store.open()
             stack.push_async_callback(self.store.close)
+            stack.push_async_callback(template_pool.close)  # workers, if any started
             await self._reconcile()
-            up = self.settings.upstream
-            upstream_session = await stack.enter_async_context(
-                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8))
-            )
-            stream_session = await stack.enter_async_context(
-                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=up.max_progress_streams))
-            )
             if self.settings.gateway.enabled:  # uploads: not in the pollers' few connections
                 self._gateway_session = await stack.enter_async_context(
                     aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
@@ -113,19 +140,6 @@ class Service:
                         else guarded_socket_factory(),
                     )
                 )
-            )
-            self.client = MunsitClient(
-                upstream_session,
-                base_url=up.base_url,
-                api_key=up.api_key,
-                timeout_s=up.request_timeout_s,
-                sleep=self.clock.sleep,
-                now=self.clock.now,
-                rand=self._rand,
-                stream_session=stream_session,
-                on_response=lambda code: self.metrics.upstream_requests.labels(code).inc(),
-                max_response_bytes=up.max_response_bytes,
-                on_quarantine=lambda count: self.metrics.records_quarantined.inc(count),
             )
             self.dispatcher = Dispatcher(
                 self.store,
@@ -142,31 +156,17 @@ class Service:
             )
             stack.push_async_callback(self.dispatcher.stop_health_retries)
             self.ops = Operations(self.settings, self.store, clock=self.clock, live=self.dispatcher)
-            self.poller = Poller(
-                self.client,
+            await self.dispatcher.load_health()
+            self.accounts = await open_accounts(
+                self.settings,
                 self.store,
-                upstream=up,
-                subscribers=self.settings.subscribers,
+                stack,
                 clock=self.clock,
+                metrics=self.metrics,
                 rand=self._rand,
                 on_poll=self._polled,
-                on_failure=lambda result: self.metrics.polls.labels(result).inc(),
+                on_progress=self._progress_event,
             )
-            await self.dispatcher.load_health()
-            if up.progress_stream:
-                self.watcher = ProgressWatcher(
-                    self.client,
-                    self.store,
-                    subscribers=self.settings.subscribers,
-                    max_streams=up.max_progress_streams,
-                    clock=self.clock,
-                    on_finished=lambda _: self.poller.request_scan(),
-                    on_event=self._progress_event,
-                    rand=self._rand,
-                    on_crash=lambda _: self.metrics.component_restarts.labels("progress").inc(),
-                    always_progress=bool(self.settings.clients),  # a callback may list it
-                )
-                stack.push_async_callback(self.watcher.close)
             stack.push_async_callback(self._cancel_background)
             self._exit = stack.pop_all()  # started: `__aexit__` closes it all, in reverse
         return self
@@ -223,17 +223,19 @@ class Service:
             raise BridgeError("the gateway is not enabled (gateway.enabled = false)")
         return self._gateway_session
 
-    async def baseline_recorded(self) -> bool:
-        """Whether the first poll has recorded what Munsit held: before it, a job submitted
-        through the gateway could finish unseen (the baseline notes, it does not announce)."""
-        return await self.store.baseline_done()
+    async def baseline_recorded(self, account: str = DEFAULT_ACCOUNT) -> bool:
+        """Whether the first poll of `account` has recorded what Munsit held: before it, a
+        job submitted through the gateway could finish unseen (the baseline notes, it does
+        not announce)."""
+        return await self.store.baseline_done(account)
 
     def watch(self, record_id: str) -> None:
-        """A job was just submitted through the gateway: follow its progress now (the
-        replica that polls does; on another, the store's NOTIFY `job:<id>` tells it), and
-        send what its registration queued."""
-        if self.role == "leader" and self.watcher is not None:
-            self.watcher.watch(record_id)
+        """A job was just submitted through the gateway (`record_id` is its key): follow
+        its progress now (the replica that polls does; on another, the store's NOTIFY
+        `job:<key>` tells it), and send what its registration queued."""
+        account = self.accounts.get(split_key(record_id)[0])
+        if self.role == "leader" and account is not None and account.watcher is not None:
+            account.watcher.watch(record_id)
         self.dispatcher.wake()
 
     async def readiness(self) -> dict[str, Any]:
@@ -243,7 +245,7 @@ class Service:
             store=self.store,
             clock=self.clock,
             role=self.role,
-            poller=self.poller,
+            accounts=self.accounts,
             leader_state=self.leader_state,
             failing=self.failing,
         )
@@ -259,22 +261,23 @@ class Service:
             counts = await self.store.count_deliveries()  # counters, not a scan
             m.outbox_pending.set(counts[DeliveryState.PENDING])
             m.outbox_orphaned.set(counts[DeliveryState.ORPHANED])
-        m.records_pending.set(len(self.poller.pending))
+        for account in self.accounts.values():
+            m.records_pending.labels(account.id).set(len(account.poller.pending))
         active = set(self.dispatcher.active)
         for sub in self.settings.subscribers:
             m.subscriber_enabled.labels(sub.id).set(1 if sub.id in active else 0)
-        m.progress_streams.set(len(self.watcher.watching) if self.watcher else 0)
+        m.progress_streams.set(sum(len(w.watching) for w in self._watchers()))
 
-    def _polled(self, result: PollResult) -> None:
+    def _polled(self, account: Account, result: PollResult) -> None:
         m = self.metrics
-        m.polls.labels("ok").inc()
-        m.pages_per_poll.observe(result.pages)
-        m.last_poll_success.set(self.clock.now())
+        m.polls.labels(account.id, "ok").inc()
+        m.pages_per_poll.labels(account.id).observe(result.pages)
+        m.last_poll_success.labels(account.id).set(self.clock.now())
         for event in result.events:
             m.events.labels(event.type).inc()
-        if self.watcher is not None:
+        if account.watcher is not None:
             finished = [c.record.id for c in result.changes if c.record.status in TERMINAL]
-            self.watcher.update(self.poller.pending, finished=finished)
+            account.watcher.update(account.poller.pending, finished=finished)
         if result.deliveries:
             self.dispatcher.wake()
         if result.events:
@@ -307,14 +310,14 @@ class Service:
             async with asyncio.TaskGroup() as group:
                 if self.shared is None:
                     self.metrics.leader.set(1)
-                    group.create_task(supervisor.run("poller", lambda: self.poller.run(stop)))
+                    self._start_polling(group, supervisor, stop)
                     group.create_task(supervisor.run("retention", lambda: retention.run(stop)))
                 else:  # the leader polls and sweeps
                     self._start_shared(group, supervisor, self.shared, retention, stop)
                 group.create_task(supervisor.run("dispatcher", lambda: self.dispatcher.run(stop)))
         finally:
-            if self.watcher is not None:
-                await self.watcher.close()
+            for watcher in self._watchers():
+                await watcher.close()
             self.feed.close()  # open long polls answer, streams end: the server stops at once
             if gateway is not None:
                 await gateway.cleanup()
@@ -336,27 +339,42 @@ class Service:
         async def polling() -> None:
             try:
                 async with asyncio.TaskGroup() as leading:
-                    leading.create_task(supervisor.run("poller", lambda: self.poller.run(stop)))
+                    self._start_polling(leading, supervisor, stop)
                     leading.create_task(supervisor.run("retention", lambda: retention.run(stop)))
             finally:  # a follower now: what it knew as the leader is no longer its to say
-                if self.watcher is not None:
-                    await self.watcher.close()
-                self.poller.pending = []
-                for name in ("poller", "retention"):
-                    self.failing.pop(name, None)
+                for account in self.accounts.values():
+                    if account.watcher is not None:
+                        await account.watcher.close()
+                    account.poller.pending = []
+                    self.failing.pop(account.component, None)
+                self.failing.pop("retention", None)
 
         self.leadership = Leadership(
             shared,
             holder=shared.replica_id,
             lease_s=self.settings.store.leader_lease_s,
             polling=polling,
-            last_poll_at=lambda: self.poller.last_success_at,
+            last_poll_at=self._last_poll_at,
             on_change=lambda leader: self.metrics.leader.set(1 if leader else 0),
         )
         leadership = self.leadership
         group.create_task(supervisor.run("leader", lambda: leadership.run(stop)))
         group.create_task(supervisor.run("listener", lambda: shared.listen(self._notified, stop)))
         group.create_task(supervisor.run("health", lambda: self._reload_health_every(stop)))
+
+    def _start_polling(
+        self, group: asyncio.TaskGroup, supervisor: Supervisor, stop: asyncio.Event
+    ) -> None:
+        """Each account's poller, supervised on its own."""
+        for account in self.accounts.values():
+            polling = functools.partial(account.poller.run, stop)
+            group.create_task(supervisor.run(account.component, polling))
+
+    def _last_poll_at(self) -> float | None:
+        """The oldest of the accounts' last successful polls (None: one has none yet), for
+        the lease: followers judge readiness by it."""
+        times = [a.poller.last_success_at for a in self.accounts.values()]
+        return None if None in times else min(t for t in times if t is not None)
 
     async def _reload_health_every(self, stop: asyncio.Event) -> None:
         """Read the subscribers' states now and then even without a wake-up (a missed
@@ -413,8 +431,8 @@ class Service:
             config=str(config_path) if config_path is not None else "(none: defaults and env)",
             store=settings.store.shown(),
             replica=settings.store.replica_id,
-            upstream=settings.upstream.base_url,
-            accounts=["default"],
+            upstream=sorted({a.upstream.base_url for a in self.accounts.values()}),
+            accounts=list(self.accounts),
             subscribers=[s.id for s in settings.subscribers],
             admin=f"http://{admin.host}:{self.admin_port}" if admin.enabled else "off",
             gateway=f"http://{gw.host}:{self.gateway_port}" if gw.enabled else "off",

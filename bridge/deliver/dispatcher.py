@@ -24,6 +24,8 @@ from bridge.deliver.lanes import JOB_LANE, Lane, TokenBucket, callback_cap, lane
 from bridge.deliver.persist import retried
 from bridge.deliver.sender import post, post_to
 from bridge.deliver.signing import Signer
+from bridge.deliver.templates.body import body_for, why
+from bridge.deliver.templates.sandbox import TemplateError
 from bridge.errors import StoreError
 from bridge.models import Attempt, Delivery, DeliveryState, Report
 from bridge.redact import describe
@@ -405,10 +407,15 @@ class Dispatcher:
             return
         health_changed = False
         try:
-            body = render(delivery.event, sub.format)
+            if sub.format == "template":  # rendered off the event loop, time-capped
+                body = (await body_for(sub, delivery.event)).text
+            else:
+                body = render(delivery.event, sub.format)
         except Exception as exc:
-            log.error("cannot render the request body", exc_info=True, **fields)
-            attempt = Attempt(self._clock.now(), None, 0.0, f"cannot render: {describe(exc)}", "")
+            # a template's own error says all there is to say; anything else: the traceback
+            trace = not isinstance(exc, TemplateError)
+            log.error("cannot render the request body", error=why(exc), exc_info=trace, **fields)
+            attempt = Attempt(self._clock.now(), None, 0.0, f"cannot render: {why(exc)}", "")
             retry_after_s = None  # nothing reached the endpoint: its health is unchanged
         else:
             attempt, retry_after_s = await self._post(sub, delivery.event.id, body)

@@ -25,14 +25,18 @@ ZAPIER_FIELDS = (
 
 
 def standard_body(event: Event) -> dict[str, Any]:
-    """The `standard` body of CONTRACT §3: the Munsit record exactly as last fetched."""
-    return {
+    """The `standard` body of CONTRACT §3: the Munsit record exactly as last fetched, and
+    the account it comes from (`denoise.*` events; the bridge's own have none)."""
+    body: dict[str, Any] = {
         "id": event.id,
         "type": event.type,
         "timestamp": iso_utc(event.occurred_at),
         "previous_status": event.previous_status,
-        "data": dict(event.data),
     }
+    if (account := event.account) is not None:
+        body["account"] = account
+    body["data"] = dict(event.data)
+    return body
 
 
 def callback_body(event: Event, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -56,7 +60,7 @@ def zapier_body(event: Event) -> dict[str, Any]:
         "event_id": event.id,
         "event_type": event.type,
         "occurred_at": iso_utc(event.occurred_at),
-        "record_id": event.record_id,
+        "record_id": data.get("id", event.record_id),
         "status": data.get("status"),
         "previous_status": event.previous_status,
     }
@@ -65,6 +69,7 @@ def zapier_body(event: Event) -> dict[str, Any]:
         body[key] = (
             value if value is None or isinstance(value, str | int | float | bool) else str(value)
         )
+    body["account"] = event.account
     return body
 
 

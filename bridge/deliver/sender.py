@@ -65,6 +65,7 @@ async def post(
         body,
         extra_headers=sub.headers,
         target=sub.id,
+        content_type=sub.media_type,
         now=now,
         timeout_s=timeout_s,
     )
@@ -81,9 +82,10 @@ async def post_to(
     target: str,
     now: float,
     timeout_s: float,
+    content_type: str = "application/json",
 ) -> tuple[Attempt, float | None]:
-    """`post` to any target: a subscriber (its URL and static headers) or a gateway job's
-    callback (`target` is `job:<record id>`, no extra headers)."""
+    """`post` to any target: a subscriber (its URL, static headers and content type) or a
+    gateway job's callback (`target` is `job:<record id>`, no extra headers)."""
     started = time.perf_counter()
     status: int | None = None
     excerpt = b""
@@ -93,7 +95,7 @@ async def post_to(
     try:
         headers = {
             **extra_headers,
-            "content-type": "application/json",
+            "content-type": content_type,
             "user-agent": USER_AGENT,
             **signer.headers(msg_id, int(now), body),
         }

@@ -8,12 +8,11 @@ import time
 import aiohttp
 
 from bridge.config import DeliveryConfig, SubscriberConfig
-from bridge.deliver.formats import render
 from bridge.deliver.guard import guarded_socket_factory
 from bridge.deliver.sender import post
 from bridge.deliver.signing import Signer
+from bridge.deliver.templates.body import body_for, why
 from bridge.models import TEST, Attempt, Event
-from bridge.redact import describe
 
 
 def sample_event(now: float) -> Event:
@@ -45,9 +44,9 @@ async def send_test(sub: SubscriberConfig, delivery: DeliveryConfig) -> Attempt:
     now = time.time()
     event = sample_event(now)
     try:
-        body = render(event, sub.format)
+        body = (await body_for(sub, event)).text
     except Exception as exc:
-        return Attempt(now, None, 0.0, f"cannot render: {describe(exc)}", "")
+        return Attempt(now, None, 0.0, f"cannot render: {why(exc)}", "")
     signer = Signer([sub.secret, *sub.previous_secrets] if sub.secret else [])
     factory = None if delivery.allow_private_destinations else guarded_socket_factory()
     connector = aiohttp.TCPConnector(socket_factory=factory)

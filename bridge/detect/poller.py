@@ -18,11 +18,12 @@ from bridge.deliver.routing import route
 from bridge.detect.diff import Change, build_events, diff
 from bridge.detect.scan import ListPages, Sweep, scan
 from bridge.errors import StoreError, UpstreamAuthError, UpstreamError, UpstreamUnavailable
-from bridge.models import Event, Record, RecordState
+from bridge.models import DEFAULT_ACCOUNT, Event, Record, RecordState
 from bridge.store.base import (
     BASELINE_MARK,
     BASELINE_TIES,
     LAST_FULL_SCAN,
+    LAST_POLL,
     SWEEP,
     DetectionStore,
     ScanCommit,
@@ -81,7 +82,10 @@ class Poller:
         rand: Callable[[], float] = random.random,
         on_poll: Callable[[PollResult], None] | None = None,
         on_failure: Callable[[str], None] = lambda _result: None,
+        account: str = DEFAULT_ACCOUNT,
     ) -> None:
+        self.account = account
+        self._log = log.bind(account=account)
         self._client = client
         self._on_failure = on_failure  # "auth_failed" or "error" for each failed poll
         self._store = store
@@ -93,6 +97,9 @@ class Poller:
         self._kick = asyncio.Event()
         self._full_requested = False
         self._failures = 0
+        # the last paged scan met an unreadable record: page again (not probe) until it is
+        # listed whole, wherever it is on the first page; and on a first poll, not known yet
+        self._unread = True
         self.pending: list[RecordState] = []
         self.last_success_at: float | None = None
         self.last_error: str | None = None
@@ -117,7 +124,7 @@ class Poller:
         if sweep is None and await self._full_scan_due(now):
             sweep = Sweep(0, "", "", now, "full")
             meta[LAST_FULL_SCAN] = repr(now)
-            log.info("reconciliation scan started")
+            self._log.info("reconciliation scan started")
         result = await scan(
             self._client,
             self._store,
@@ -125,7 +132,10 @@ class Poller:
             max_pages=self._upstream.max_pages_per_scan,
             now=now,
             sweep=sweep,
+            probe=not self._unread,
         )
+        if not result.probed:
+            self._unread = result.unread
         baseline = mark is None
         if mark is None:
             mark = max((r.created_at for r in result.rows), default="")
@@ -139,10 +149,11 @@ class Poller:
         )
         events = build_events(changes, now=now)
         meta[SWEEP] = result.sweep.dumps() if result.sweep else None
+        meta[LAST_POLL] = repr(now)
         for record_id in result.vanished:
-            log.warning("pending record missing from the Munsit list", record_id=record_id)
+            self._log.warning("pending record missing from the Munsit list", record_id=record_id)
         if result.truncated:
-            log.warning(
+            self._log.warning(
                 "scan stopped at upstream.max_pages_per_scan; the next polls carry on from here",
                 pages=result.pages,
             )
@@ -159,9 +170,9 @@ class Poller:
             )
         )
         for record_id in committed.forgotten[:GONE_LOGGED]:
-            log.warning("record is gone from the Munsit list", record_id=record_id)
+            self._log.warning("record is gone from the Munsit list", record_id=record_id)
         if finished is not None:
-            log.info("sweep finished", reason=finished.reason, gone=len(committed.forgotten))
+            self._log.info("sweep finished", reason=finished.reason, gone=len(committed.forgotten))
         # an event whose id was stored before (a record back to a status it had) is not new
         events = [e for e in events if e.id in committed.recorded]
         self.pending = await self._store.tracked_pending()
@@ -176,7 +187,7 @@ class Poller:
             result.truncated,
         )
         if baseline:
-            log.warning(
+            self._log.warning(
                 "baseline recorded: the records already in the Munsit list are announced"
                 " (upstream.backfill = true)"
                 if self._upstream.backfill
@@ -184,7 +195,7 @@ class Poller:
                 " announced; only jobs created or changed from now on are (upstream.backfill)",
                 records=len(result.rows),
             )
-        log.info(
+        self._log.info(
             "baseline recorded" if baseline else "poll",
             pages=result.pages,
             records_seen=len(result.rows),
@@ -220,7 +231,7 @@ class Poller:
         except UpstreamAuthError as exc:
             self._on_failure("auth_failed")
             self.last_error, self.auth_failed = str(exc), True
-            log.error(
+            self._log.error(
                 "poll failed: API key rejected; not ready until it works again",
                 error=str(exc),
                 exc_info=exc,
@@ -238,12 +249,12 @@ class Poller:
                 if isinstance(exc, UpstreamUnavailable)
                 else "poll failed, will try again"
             )
-            log.warning(message, error=str(exc), retry_in_s=round(delay, 1))
+            self._log.warning(message, error=str(exc), retry_in_s=round(delay, 1))
             return delay
         except StoreError as exc:
             self._on_failure("error")
             self.last_error = str(exc)
-            log.warning("poll failed, will try again", error=str(exc))
+            self._log.warning("poll failed, will try again", error=str(exc))
             return self.interval_s()
         self._failures = 0
         return self.interval_s()
@@ -254,7 +265,7 @@ class Poller:
         while not stop.is_set():
             delay = await _unless_stopped(self.poll_once(), stop)
             if delay is None:
-                log.info("polling stopped; the interrupted poll changed nothing")
+                self._log.info("polling stopped; the interrupted poll changed nothing")
                 return
             await sleep_or_event(self._clock, delay, stop, self._kick)
             if self._kick.is_set() and not stop.is_set():

@@ -24,7 +24,7 @@ from bridge.clock import Clock
 from bridge.config import SubscriberConfig
 from bridge.deliver.routing import route
 from bridge.errors import UpstreamAuthError, UpstreamError, UpstreamNotFound
-from bridge.models import PENDING, PROGRESS, Event, RecordState
+from bridge.models import PENDING, PROGRESS, Event, RecordState, split_key
 from bridge.store.base import DetectionStore, ScanCommit
 
 log = structlog.get_logger("bridge.progress")
@@ -214,7 +214,7 @@ class ProgressWatcher:
             return
         self._last[record_id] = _Last(pct, now)
         data: dict[str, Any] = {
-            "id": record_id,
+            "id": split_key(record_id)[1],  # the Munsit id, as in the records Munsit lists
             "status": PENDING,
             "stage": "processing",
             "pct": pct,

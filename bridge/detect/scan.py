@@ -1,6 +1,9 @@
 """One scan of the Munsit list: page from the top until the stop rule says enough, then carry
 on with an unfinished sweep (a baseline, a runaway scan or a reconciliation) within a page budget.
 
+While nothing is pending, a scan first reads a probe (`PROBE_LIMIT` records): when the top of
+the list is known and unchanged, that is the whole scan; otherwise it pages as usual.
+
 A page may come with quarantined records (`models.Page`): they count for its length (offsets,
 the end of the list) and, when their id is readable, as seen: a known record that is
 quarantined is reached, and a pending one is passed, not taken for gone.
@@ -17,6 +20,9 @@ from bridge.models import Page, Record, RecordState
 from bridge.store.base import DetectionStore
 
 REALIGN_TRIES = 3
+# Two records, not one: a record listed below the newest known one (a job created in the same
+# millisecond, or listed late) is then either the second row or makes the two rows tie.
+PROBE_LIMIT = 2
 
 
 class ListPages(Protocol):
@@ -110,6 +116,8 @@ class ScanResult:
     finished_sweep: Sweep | None  # a sweep that reached the end of the list in this scan
     truncated: bool  # the page budget stopped the scan before its rule was satisfied
     skipped: list[str] = field(default_factory=list)  # ids of quarantined records, seen too
+    unread: bool = False  # an answer held an item that could not be read (quarantined)
+    probed: bool = False  # the probe was the whole scan: the top of the list is unchanged
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,19 +141,22 @@ class _Pager:
         self.rows: dict[str, Record] = {}
         self.previous: dict[str, RecordState] = {}
         self.skipped: dict[str, bool] = {}  # quarantined id -> known before this scan
+        self.unread = False  # an answer held an item that could not be read
 
     @property
     def exhausted(self) -> bool:
         return self.pages >= self.budget
 
-    async def fetch(self, offset: int) -> _Fetched:
-        """One page, its length and the ids in it that were known before this scan."""
-        page = await self.client.list_page(offset, self.page_size)
+    async def fetch(self, offset: int, limit: int | None = None) -> _Fetched:
+        """One page (`limit` rows, a page by default), its length and the ids in it that
+        were known before this scan."""
+        page = await self.client.list_page(offset, limit or self.page_size)
         self.pages += 1
         size, skipped = len(page), []
         if isinstance(page, Page):
             size = page.size
             skipped = [q.record_id for q in page.quarantined if q.record_id is not None]
+        self.unread |= size > len(page)
         fresh = [r.id for r in page if r.id not in self.rows]
         unread = [rid for rid in skipped if rid not in self.skipped]
         found = await self.store.known_states(fresh + unread)
@@ -166,16 +177,27 @@ async def scan(
     max_pages: int,
     now: float,
     sweep: Sweep | None = None,
+    probe: bool = True,
 ) -> ScanResult:
     """Fetch pages until the stop rule holds, then advance `sweep` with the pages left.
 
-    Raises on any upstream error: a partial scan returns nothing, so nothing of it is ever
+    With `probe`, a scan with nothing pending and no sweep first reads the top of the list
+    (`PROBE_LIMIT` rows; it counts as a page): when `unchanged_top` holds, that is the whole
+    scan. Raises on any upstream error: a partial scan returns nothing, so nothing of it is ever
     committed. Hitting `max_pages` is not an error: what was read is returned, and the rest
     continues as a sweep at the next scan.
     """
     pending = {s.id: s for s in await store.tracked_pending()}
     newest_known = await store.newest_created_at()
     pager = _Pager(client, store, page_size, max_pages)
+    # (with pages of PROBE_LIMIT records or fewer, the first page costs no more than a probe)
+    idle = not pending and sweep is None  # and not a baseline: newest_known is not None
+    if probe and idle and newest_known is not None and page_size > PROBE_LIMIT:
+        got = await pager.fetch(0, PROBE_LIMIT)
+        if unchanged_top(got.records, got.size, pager.previous, newest_known):
+            return ScanResult(
+                list(got.records), pager.previous, 1, [], None, None, False, probed=True
+            )
     # While a baseline or overflow sweep is unfinished, the top scan only looks for new
     # records; the sweep passes the pending ones. A reconciliation sweep changes nothing.
     rule = StopRule(pending if sweep is None or sweep.reason == "full" else {})
@@ -225,6 +247,7 @@ async def scan(
         finished_sweep=finished,
         truncated=truncated,
         skipped=list(pager.skipped),
+        unread=pager.unread,
     )
 
 
@@ -262,6 +285,21 @@ async def _advance(
         if got.size < pager.page_size:
             return None, sweep
     return replace(sweep, offset=offset, last_id=last_id, last_created=last_created), None
+
+
+def unchanged_top(
+    rows: Sequence[Record], size: int, known: dict[str, RecordState], newest_known: str
+) -> bool:
+    """Whether a probe answer (`size` items, `rows` of them readable) proves that nothing new
+    is listed above the records the store knows: every item readable, known and in its known
+    status, the first as new as the newest known record, and either the list ends within the
+    answer or its last row is strictly older than its first (so no unknown record can share
+    the newest known `created_at` below it)."""
+    if not rows or size != len(rows) or rows[0].created_at < newest_known:
+        return False
+    if any(r.id not in known or known[r.id].status != r.status for r in rows):
+        return False
+    return size < PROBE_LIMIT or rows[-1].created_at < rows[0].created_at
 
 
 def _newest_first(rows: Iterable[Record]) -> list[Record]:

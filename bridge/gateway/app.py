@@ -29,7 +29,9 @@ from typing import Any
 import aiohttp
 import structlog
 from aiohttp import web
+from pydantic import SecretStr
 
+from bridge.config import Settings, UpstreamConfig
 from bridge.config_gateway import ClientConfig
 from bridge.gateway.errors import (
     BAD_ANSWER,
@@ -54,7 +56,7 @@ from bridge.gateway.upload import (
     Intake,
     too_large,
 )
-from bridge.models import Callback, Job
+from bridge.models import Callback, Job, record_key, split_key
 from bridge.redact import redact_url
 from bridge.upstream.submit import (
     Answer,
@@ -72,13 +74,13 @@ CLOSE_GRACE_S = 1.0  # after an answer sent before the body was read: time to re
 LIST_BATCH = 500
 NOT_READY_RETRY_AFTER = "5"
 ERROR_BODY_CHARS = 200  # of a Munsit error body not in its error shape, quoted in ours
-BASELINE_SEEN = web.AppKey("baseline_seen", list[bool])
+BASELINE_SEEN = web.AppKey("baseline_seen", set[str])  # accounts whose baseline is done
 
 
 def create_gateway_app(host: GatewayHost) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=64 * 1024)
     app[GATEWAY_HOST] = host
-    app[BASELINE_SEEN] = [False]
+    app[BASELINE_SEEN] = set()
     app.router.add_post(f"{PREFIX}/denoise", _submit)
     app.router.add_get(f"{PREFIX}/denoise", _list)
     app.router.add_get(f"{PREFIX}/denoise/{{id}}", _one)
@@ -165,7 +167,7 @@ async def _submit(request: web.Request) -> web.StreamResponse:
     unread = request.body_exists and not request.content.at_eof()
     try:  # refused before the body is read: not read at all (it may be 200 MB)
         client = authenticate(request)
-        await _baseline_recorded(request)
+        await _baseline_recorded(request, _host(request).settings.client_account(client))
         if request.content_type != "multipart/form-data":
             raise GatewayError(400, *MISSING_AUDIO)
     except GatewayError as exc:
@@ -186,15 +188,17 @@ async def _submit(request: web.Request) -> web.StreamResponse:
         allow = settings.delivery.allow_private_destinations
         checked[0] = await options.callback(client, allow_private=allow)
 
+    up, key = upstream_of(settings, client)
+
     async def send(chunks: AsyncIterator[bytes], audio: AudioPart) -> Answer:
         return await submit_audio(
             host.upstream,
-            base_url=settings.upstream.base_url,
-            api_key=settings.upstream.api_key,
+            base_url=up.base_url,
+            api_key=key,
             file_name=audio.file_name,
             content_type=audio.content_type,
             chunks=chunks,
-            timeout_s=settings.upstream.request_timeout_s,
+            timeout_s=up.request_timeout_s,
         )
 
     fields_cap = FIELDS_BYTES if length is None else None
@@ -224,6 +228,14 @@ async def _submit(request: web.Request) -> web.StreamResponse:
     return await _accepted(request, host, client, audio, answer, checked[0])
 
 
+def upstream_of(settings: Settings, client: ClientConfig) -> tuple[UpstreamConfig, SecretStr]:
+    """The upstream settings and API key of the account `client` submits with."""
+    up = settings.account_upstreams()[settings.client_account(client)]
+    if up.api_key is None:  # the configuration guarantees one
+        raise GatewayError(500, NOT_REGISTERED, "the account has no API key")
+    return up, up.api_key
+
+
 def _pass_through(request: web.Request, answer: Answer, client: ClientConfig) -> web.Response:
     """Munsit's error as it sent it; a body not in its error shape (an HTML page from a
     proxy, an undocumented JSON body) is quoted, cleaned, in Munsit's shape."""
@@ -231,7 +243,7 @@ def _pass_through(request: web.Request, answer: Answer, client: ClientConfig) ->
     body: Any = None
     with contextlib.suppress(ValueError):
         body = json.loads(answer.body)
-    key = _host(request).settings.upstream.api_key.get_secret_value()
+    key = upstream_of(_host(request).settings, client)[1].get_secret_value()
     if isinstance(body, dict) and "errorCode" in body and "errorMessage" in body:
         response = web.Response(
             body=answer.body, status=answer.status, content_type="application/json"
@@ -258,19 +270,20 @@ def _quoted_body(body: bytes, api_key: str) -> str:
     return "".join(ch for ch in text if unicodedata.category(ch) != "Cc").strip()
 
 
-async def _baseline_recorded(request: web.Request) -> None:
-    """503 until the bridge's first poll has recorded what Munsit holds (then remembered)."""
+async def _baseline_recorded(request: web.Request, account: str) -> None:
+    """503 until the bridge's first poll of `account` has recorded what Munsit holds (then
+    remembered)."""
     seen = request.app[BASELINE_SEEN]
-    if seen[0]:
+    if account in seen:
         return
-    if not await _host(request).baseline_recorded():
+    if not await _host(request).baseline_recorded(account):
         raise GatewayError(
             503,
             NOT_READY,
             "the bridge has not finished its first poll of Munsit yet; try again in a few seconds",
             retry_after=NOT_READY_RETRY_AFTER,
         )
-    seen[0] = True
+    seen.add(account)
 
 
 async def _accepted(
@@ -289,6 +302,7 @@ async def _accepted(
         log.error("gateway: Munsit accepted a submission without a denoiseId", client=client.id)
         raise GatewayError(502, BAD_ANSWER, "Munsit answered 200 without a denoiseId")
     assert isinstance(body, dict)
+    key = record_key(host.settings.client_account(client), record_id)
     now = host.clock.now()
     callback_id = "cb_" + secrets.token_urlsafe(16) if callback is not None else None
     _, dot, ext = audio.file_name.rpartition(".")
@@ -305,7 +319,7 @@ async def _accepted(
         "updated_at": stamp,
     }
     job = Job(
-        record_id=record_id,
+        record_id=key,
         client_id=client.id,
         submitted_at=now,
         callback_id=callback_id,
@@ -327,7 +341,7 @@ async def _accepted(
             f"Munsit accepted the job as {record_id}, but the bridge could not record it:"
             " no callback will be sent for it",
         ) from None
-    host.watch(record_id)
+    host.watch(key)
     log.info(
         "gateway: job submitted",
         client=client.id,
@@ -340,7 +354,9 @@ async def _accepted(
 
 
 async def _own_job(request: web.Request, client: ClientConfig) -> Job:
-    job = await _host(request).jobs.job(request.match_info["id"])
+    settings = _host(request).settings
+    key = record_key(settings.client_account(client), request.match_info["id"])
+    job = await _host(request).jobs.job(key)
     if job is None or job.client_id != client.id:
         raise GatewayError(404, *NOT_FOUND)
     return job
@@ -349,7 +365,7 @@ async def _own_job(request: web.Request, client: ClientConfig) -> Job:
 def _record(job: Job) -> dict[str, Any]:
     if job.record is not None:
         return dict(job.record)
-    return {"id": job.record_id, "status": "pending"}
+    return {"id": split_key(job.record_id)[1], "status": "pending"}
 
 
 async def _one(request: web.Request) -> web.StreamResponse:
@@ -390,14 +406,14 @@ async def _progress(request: web.Request) -> web.StreamResponse:
     """Munsit's progress stream of the client's job, relayed as it comes."""
     client = authenticate(request)
     job = await _own_job(request, client)
-    settings = _host(request).settings
+    up, key = upstream_of(_host(request).settings, client)
     try:
         async with open_progress(
             _host(request).upstream,
-            base_url=settings.upstream.base_url,
-            api_key=settings.upstream.api_key,
-            record_id=job.record_id,
-            timeout_s=settings.upstream.request_timeout_s,
+            base_url=up.base_url,
+            api_key=key,
+            record_id=split_key(job.record_id)[1],
+            timeout_s=up.request_timeout_s,
         ) as upstream:
             if upstream.status != 200:
                 answer = Answer(upstream.status, await read_answer(upstream), "")

@@ -31,9 +31,10 @@ class GatewayHost(Protocol):
         """The session for Munsit (no destination guard: Munsit is configured, not given)."""
         ...
 
-    async def baseline_recorded(self) -> bool:
-        """Whether the first poll has recorded what Munsit holds (the baseline): before it,
-        a job submitted and finished would only be noted, never called back."""
+    async def baseline_recorded(self, account: str) -> bool:
+        """Whether the first poll of `account` has recorded what Munsit holds (the
+        baseline): before it, a job submitted and finished would only be noted, never called
+        back."""
         ...
 
     def watch(self, record_id: str) -> None:

@@ -90,8 +90,6 @@ async def status(settings: Settings) -> dict[str, Any]:
         },
         "bridge": bridge,
         "poll": {
-            "account": "default",
-            "upstream": settings.upstream.base_url,
             "last_records_seen_at": views.iso(found.last_seen_at),
             "readyz": await _readyz(settings) if found.running else None,
         },
@@ -103,6 +101,11 @@ async def status(settings: Settings) -> dict[str, Any]:
     return report | {
         "baseline_recorded": False,
         "records_pending": 0,
+        "accounts": [
+            {"account": a, "upstream": up.base_url, "baseline_recorded": False}
+            | {"records_pending": 0, "last_poll_at": None}
+            for a, up in settings.account_upstreams().items()
+        ],
         "outbox": {s.value: 0 for s in DeliveryState},
         "subscribers": [views.subscriber(s, nothing, None) for s in settings.subscribers],
     }
@@ -143,18 +146,17 @@ def status_text(report: dict[str, Any], *, now: float | None = None) -> list[str
         lines.append(f"bridge: running (pid {pid}, role {bridge['role']})")
     else:
         lines.append("bridge: not running")
-    lines.append(f"account {poll['account']}: {poll['upstream']}")
     ready = poll["readyz"]
     if ready is not None and "error" in ready:
-        lines.append(f"  poll health: unknown ({ready['error']})")
+        lines.append(f"poll health: unknown ({ready['error']})")
     elif ready is not None:
         state = "ok" if ready.get("ready") else "NOT READY: " + "; ".join(ready.get("reasons", []))
-        lines.append(f"  poll health: {state}")
-        lines.append(f"  last successful poll: {_ago(ready.get('last_poll_success_at'), now)}")
-    lines.append(f"  last poll that saw records: {_ago(poll['last_records_seen_at'], now)}")
-    if store["exists"]:
-        baseline = "recorded" if report["baseline_recorded"] else "not yet (the first poll)"
-        lines.append(f"  baseline: {baseline}")
+        lines.append(f"poll health: {state}")
+        lines.append(f"last successful poll: {_ago(ready.get('last_poll_success_at'), now)}")
+    lines.append(f"last poll that saw records: {_ago(poll['last_records_seen_at'], now)}")
+    health = (ready or {}).get("accounts") or {}
+    for account in report["accounts"]:
+        lines += _account_lines(account, health.get(account["account"]), now, store["exists"])
     lines.append(f"records pending: {report['records_pending']}")
     lines.append("outbox: " + ", ".join(f"{k} {v}" for k, v in report["outbox"].items()))
     subs = report["subscribers"]
@@ -169,6 +171,22 @@ def status_text(report: dict[str, Any], *, now: float | None = None) -> list[str
         elif sub["failing_since"]:
             line += f", failing since {sub['failing_since']}"
         lines.append(line + (f"; {counts}" if counts else ""))
+    return lines
+
+
+def _account_lines(
+    account: dict[str, Any], health: dict[str, Any] | None, now: float, exists: bool
+) -> list[str]:
+    """One account's part of `status`: its upstream, health, last poll, baseline, pending."""
+    lines = [f"account {account['account']}: {account['upstream']}"]
+    if health is not None:
+        ok = health.get("ready")
+        lines.append("  health: " + ("ok" if ok else "NOT READY: " + "; ".join(health["reasons"])))
+    lines.append(f"  last successful poll: {_ago(account['last_poll_at'], now)}")
+    if exists:
+        baseline = "recorded" if account["baseline_recorded"] else "not yet (the first poll)"
+        lines.append(f"  baseline: {baseline}")
+    lines.append(f"  records pending: {account['records_pending']}")
     return lines
 
 
@@ -212,9 +230,11 @@ def replay_summary(result: Replayed, subscriber: str | None) -> str:
     if result.already_pending:
         parts.append(f"{result.already_pending} deliveries already pending (left as they are)")
     if result.unmatched and subscriber:
-        parts.append(f"{result.unmatched} events match none of subscriber {subscriber}'s events")
+        parts.append(
+            f"{result.unmatched} events match none of subscriber {subscriber}'s events or accounts"
+        )
     elif result.unmatched:
-        parts.append(f"{result.unmatched} events match no subscriber's events")
+        parts.append(f"{result.unmatched} events match no subscriber's events or accounts")
     text = "; ".join(parts)
     if result.deliveries:
         text += " (a running bridge sends them within a minute)"

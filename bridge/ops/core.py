@@ -12,7 +12,7 @@ import structlog
 
 from bridge.clock import Clock
 from bridge.config import Settings, SubscriberConfig
-from bridge.deliver.routing import route
+from bridge.deliver.routing import route_stored
 from bridge.deliver.sendtest import send_test
 from bridge.errors import ConflictError, GoneError, NotFoundError, RequestError
 from bridge.models import (
@@ -22,10 +22,11 @@ from bridge.models import (
     DeliveryFilter,
     DeliveryState,
     Replayed,
+    iso_utc,
 )
 from bridge.ops import views
 from bridge.ops.feed import encode
-from bridge.store.base import ALL_JOBS, FeedPage, Store, SubscriberHealth
+from bridge.store.base import ALL_JOBS, LAST_POLL, FeedPage, Store, SubscriberHealth, meta_key
 
 log = structlog.get_logger("bridge.ops")
 
@@ -231,7 +232,7 @@ class Operations:
         result = await self.store.replay(
             since=since,
             event_type=event_type,
-            targets=lambda etype: route(etype, chosen),
+            targets=lambda etype, record: route_stored(etype, record, chosen),
             now=self._clock.now(),
         )
         if result.deliveries:
@@ -245,9 +246,14 @@ class Operations:
         """The store's side of the bridge at a glance: baseline, records pending, the
         outbox by state, every subscriber."""
         outbox = await self.store.count_deliveries()
+        accounts = [
+            await self._account(a, up.base_url)
+            for a, up in self.settings.account_upstreams().items()
+        ]
         return {
-            "baseline_recorded": await self.store.baseline_done(),
-            "records_pending": len(await self.store.tracked_pending()),
+            "baseline_recorded": all(a["baseline_recorded"] for a in accounts),
+            "records_pending": sum(a["records_pending"] for a in accounts),
+            "accounts": accounts,
             "outbox": {s.value: outbox.get(s, 0) for s in DeliveryState},
             "subscribers": await self.subscribers(),
         }
@@ -264,6 +270,17 @@ class Operations:
                 f"deleted events up to {encode(page.purged_up_to)}); start again without after"
             )
         return page
+
+    async def _account(self, account: str, upstream: str) -> dict[str, Any]:
+        """One Munsit account as the store knows it: baseline, pending, last poll."""
+        last = await self.store.get_meta(meta_key(account, LAST_POLL))
+        return {
+            "account": account,
+            "upstream": upstream,
+            "baseline_recorded": await self.store.baseline_done(account),
+            "records_pending": len(await self.store.tracked_pending(account)),
+            "last_poll_at": None if last is None else iso_utc(float(last)),
+        }
 
     def _configured(self, target: str) -> bool:
         """A subscriber in the configuration, or a gateway job's callback."""

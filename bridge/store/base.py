@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 
 from bridge.models import (
     ALL_DELIVERIES,
+    DEFAULT_ACCOUNT,
     Attempt,
     Callback,
     Delivery,
@@ -29,14 +30,21 @@ from bridge.models import (
     Report,
 )
 
-# meta keys
+# meta keys (the poller's, each account's under `meta_key(account, key)`)
 BASELINE_MARK = "baseline_mark"  # created_at of the newest record of the first scan
 BASELINE_TIES = "baseline_ties"  # ids of the baseline records created at that same instant
 SWEEP = "sweep"  # position of an unfinished deep scan (JSON)
 LAST_FULL_SCAN = "last_full_scan_at"  # unix time the last reconciliation scan started
+LAST_POLL = "last_poll_at"  # unix time of the account's last successful poll
 PURGED_UP_TO = "purged_up_to_seq"  # the highest seq retention deleted (feed cursors below: 410)
 # in `retry_failed`'s `subscribers`: every job target (`job:<record id>`, a gateway callback)
 ALL_JOBS = "job:*"
+
+
+def meta_key(account: str, key: str) -> str:
+    """The meta key under which `account` keeps `key`: `key` itself for the default account
+    (so a store made before accounts existed keeps its meta), `<account>/<key>` otherwise."""
+    return key if account == DEFAULT_ACCOUNT else f"{account}/{key}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,15 +59,18 @@ class FeedPage:
 
 @dataclass(frozen=True, slots=True)
 class ScanCommit:
-    """Everything one completed scan changes, written in a single transaction."""
+    """Everything one completed scan of one account changes, written in a single
+    transaction. Record ids are keys (`models.record_key`), unique across accounts."""
 
     states: Sequence[RecordState]
     events: Sequence[tuple[Event, Sequence[str]]]  # each event with the subscriber ids it goes to
     now: float
     seen: Sequence[str] = ()  # every record id the scan saw (marks them present at `now`)
     removed: Sequence[str] = ()  # pending records missing from the list (gone if missed twice)
-    forget_unseen_before: float | None = None  # gone: records not seen since this time
+    # gone: records of `account` not seen since this time (the end of a sweep)
+    forget_unseen_before: float | None = None
     meta: Mapping[str, str | None] = field(default_factory=dict)  # None deletes the key
+    account: str = DEFAULT_ACCOUNT  # the account scanned: the records `states` adds are its
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,20 +118,22 @@ class DetectionStore(Protocol):
         """A small piece of service state (baseline mark, sweep position …)."""
         ...
 
-    async def baseline_done(self) -> bool:
-        """Whether a first scan has been committed."""
+    async def baseline_done(self, account: str = DEFAULT_ACCOUNT) -> bool:
+        """Whether `account`'s first scan has been committed (its baseline mark, meta key
+        `meta_key(account, BASELINE_MARK)`, is set)."""
         ...
 
-    async def newest_created_at(self) -> str | None:
-        """`created_at` of the newest known record."""
+    async def newest_created_at(self, account: str = DEFAULT_ACCOUNT) -> str | None:
+        """`created_at` of the newest known record of `account` (an index lookup)."""
         ...
 
     async def known_states(self, record_ids: Sequence[str]) -> dict[str, RecordState]:
         """The remembered state of those of `record_ids` the store knows."""
         ...
 
-    async def tracked_pending(self) -> list[RecordState]:
-        """Known records whose last status was not terminal, newest first."""
+    async def tracked_pending(self, account: str | None = None) -> list[RecordState]:
+        """Known records of `account` (None: of every account) whose last status was not
+        terminal and that are not gone, newest first."""
         ...
 
     async def commit_scan(self, commit: ScanCommit) -> Committed:
@@ -258,12 +271,13 @@ class OperationsStore(Protocol):
         *,
         since: float,
         event_type: str | None,
-        targets: Callable[[str], Sequence[str]],
+        targets: Callable[[str, str], Sequence[str]],
         now: float,
     ) -> Replayed:
         """Enqueue again every stored event since `since` (of `event_type` if given) for the
-        subscribers `targets(type)` names, same event ids. Deliveries already pending stay as
-        they are; subscribers added since the event was recorded get one."""
+        subscribers `targets(type, record_id)` names (the event's record key: its account
+        can route it), same event ids. Deliveries already pending stay as they are;
+        subscribers added since the event was recorded get one."""
         ...
 
     async def counts_by_subscriber(self) -> dict[str, dict[DeliveryState, int]]:

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from bridge.models import (
     ALL_DELIVERIES,
+    DEFAULT_ACCOUNT,
     Attempt,
     Callback,
     Delivery,
@@ -47,6 +48,7 @@ from bridge.store.base import (
     LeaderState,
     ScanCommit,
     SubscriberHealth,
+    meta_key,
 )
 from bridge.store.claims_common import Claimed, log_lost, storable
 from bridge.store.jobs_common import job_target
@@ -125,17 +127,17 @@ class PgStore:
     async def get_meta(self, key: str) -> str | None:
         return await self._db.read("reading service state", lambda c: scans.get_meta(c, key))
 
-    async def baseline_done(self) -> bool:
-        return await self.get_meta(BASELINE_MARK) is not None
+    async def baseline_done(self, account: str = DEFAULT_ACCOUNT) -> bool:
+        return await self.get_meta(meta_key(account, BASELINE_MARK)) is not None
 
-    async def newest_created_at(self) -> str | None:
-        return await self._db.read("reading records", scans.newest_created_at)
+    async def newest_created_at(self, account: str = DEFAULT_ACCOUNT) -> str | None:
+        return await self._db.read("reading records", lambda c: scans.newest_created_at(c, account))
 
     async def known_states(self, record_ids: Sequence[str]) -> dict[str, RecordState]:
         return await self._db.read("reading records", lambda c: scans.known_states(c, record_ids))
 
-    async def tracked_pending(self) -> list[RecordState]:
-        return await self._db.read("reading records", scans.tracked_pending)
+    async def tracked_pending(self, account: str | None = None) -> list[RecordState]:
+        return await self._db.read("reading records", lambda c: scans.tracked_pending(c, account))
 
     async def commit_scan(self, commit: ScanCommit) -> Committed:
         async def run(conn: Conn) -> Committed:
@@ -325,7 +327,7 @@ class PgStore:
         *,
         since: float,
         event_type: str | None,
-        targets: Callable[[str], Sequence[str]],
+        targets: Callable[[str, str], Sequence[str]],
         now: float,
     ) -> Replayed:
         async def run(conn: Conn) -> Replayed:

@@ -192,12 +192,13 @@ async def replay(
     conn: Conn,
     since: float,
     event_type: str | None,
-    targets: Callable[[str], Sequence[str]],
+    targets: Callable[[str, str], Sequence[str]],
     now: float,
 ) -> Replayed:
     """Pending again, with a fresh schedule: every delivery of the matching events to the
-    subscribers `targets` names (created if missing). `targets` names configured subscribers
-    only, so an orphaned delivery comes back only for a subscriber configured again."""
+    subscribers `targets(type, record_id)` names (created if missing). `targets` names
+    configured subscribers only, so an orphaned delivery comes back only for a subscriber
+    configured again."""
     where = "occurred_at >= %s"
     params: list[Any] = [since]
     if event_type is not None:
@@ -217,7 +218,7 @@ async def replay(
         pairs: dict[tuple[int, str], str] = {}  # (event, subscriber): the event's record
         for seq, etype, rid in rows:
             events += 1
-            subs = targets(etype)
+            subs = targets(etype, rid)
             unmatched += not subs
             for sub in map(storable, subs):
                 if (seq, sub) in pairs:

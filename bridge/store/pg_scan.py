@@ -24,6 +24,10 @@ from bridge.store.jobs_common import route, seen_records
 from bridge.store.pg_schema import Conn, lock_key
 
 _SERIALIZE = f"SELECT pg_advisory_xact_lock({lock_key('%s')})"
+# `account`'s newest record, by the index records_account
+NEWEST_CREATED = (
+    "SELECT created_at FROM records WHERE account = %s ORDER BY created_at DESC LIMIT 1"
+)
 
 
 async def get_meta(conn: Conn, key: str) -> str | None:
@@ -33,9 +37,10 @@ async def get_meta(conn: Conn, key: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-async def newest_created_at(conn: Conn) -> str | None:
-    row = await (await conn.execute("SELECT MAX(created_at) FROM records")).fetchone()
-    return None if row is None or row[0] is None else str(row[0])
+async def newest_created_at(conn: Conn, account: str) -> str | None:
+    """By the index records_account (a lookup, however many records there are)."""
+    row = await (await conn.execute(NEWEST_CREATED, (storable(account),))).fetchone()
+    return None if row is None else str(row[0])
 
 
 async def known_states(conn: Conn, record_ids: Sequence[str]) -> dict[str, RecordState]:
@@ -53,10 +58,13 @@ async def serialize(conn: Conn) -> None:
     await conn.execute(_SERIALIZE, ("scan",))
 
 
-async def tracked_pending(conn: Conn) -> list[RecordState]:
+async def tracked_pending(conn: Conn, account: str | None) -> list[RecordState]:
+    """Of `account`, or of every account (None)."""
+    of_account = "" if account is None else " AND account = %s"
     cur = await conn.execute(
-        "SELECT id, status, created_at FROM records WHERE status NOT IN"
-        " ('success', 'failed') AND gone_at IS NULL ORDER BY created_at DESC"
+        "SELECT id, status, created_at FROM records WHERE status NOT IN ('success', 'failed')"
+        f" AND gone_at IS NULL{of_account} ORDER BY created_at DESC",
+        () if account is None else (storable(account),),
     )
     return [RecordState(*row) for row in await cur.fetchall()]
 
@@ -67,13 +75,14 @@ async def commit_scan(conn: Conn, commit: ScanCommit, *, due_at: float) -> Commi
     states = {storable(s.id): s for s in commit.states}  # the last state given for a record wins
     if states:
         await conn.execute(
-            "INSERT INTO records (id, status, created_at, seen_at)"
-            " SELECT id, status, created_at, %s"
+            "INSERT INTO records (id, status, created_at, seen_at, account)"
+            " SELECT id, status, created_at, %s, %s"
             " FROM unnest(%s::text[], %s::text[], %s::text[]) AS s (id, status, created_at)"
             " ON CONFLICT (id) DO UPDATE SET status = excluded.status,"
             " seen_at = excluded.seen_at, missed_at = NULL, gone_at = NULL",
             (
                 commit.now,
+                storable(commit.account),
                 list(states),
                 [storable(s.status) for s in states.values()],
                 [storable(s.created_at) for s in states.values()],
@@ -177,9 +186,10 @@ async def _insert_events(
 
 
 async def _forget(conn: Conn, commit: ScanCommit) -> list[str]:
-    """Records missing from the list: missed twice in a row, or not seen by a whole sweep,
-    they are gone (kept as tombstones, so one that comes back is compared with its last
-    status); missed once, they are only marked. Returns the ids gone now."""
+    """Records missing from the list: missed twice in a row, or (of the account scanned)
+    not seen by a whole sweep, they are gone (kept as tombstones, so one that comes back is
+    compared with its last status); missed once, they are only marked. Returns the ids gone
+    now."""
     gone: list[str] = []
     for rid in map(storable, commit.removed):
         cur = await conn.execute(
@@ -196,8 +206,9 @@ async def _forget(conn: Conn, commit: ScanCommit) -> list[str]:
             )
     if commit.forget_unseen_before is not None:
         cur = await conn.execute(
-            "UPDATE records SET gone_at = %s WHERE seen_at < %s AND gone_at IS NULL RETURNING id",
-            (commit.now, commit.forget_unseen_before),
+            "UPDATE records SET gone_at = %s WHERE account = %s AND seen_at < %s"
+            " AND gone_at IS NULL RETURNING id",
+            (commit.now, storable(commit.account), commit.forget_unseen_before),
         )
         gone += [row[0] for row in await cur.fetchall()]
     return gone

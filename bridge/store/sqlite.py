@@ -16,6 +16,7 @@ from typing import TypeVar
 from bridge.errors import StoreError
 from bridge.models import (
     ALL_DELIVERIES,
+    DEFAULT_ACCOUNT,
     Attempt,
     Callback,
     Delivery,
@@ -40,6 +41,7 @@ from bridge.store.base import (
     FeedPage,
     ScanCommit,
     SubscriberHealth,
+    meta_key,
 )
 from bridge.store.sqlite_file import StoreLocked
 from bridge.store.sqlite_inline import Busy, InlineWriter
@@ -51,6 +53,8 @@ __all__ = ["MIGRATIONS", "SqliteStore", "StoreLocked"]
 
 T = TypeVar("T")
 
+# `account`'s newest record, by the index records_account
+NEWEST_CREATED = "SELECT created_at FROM records WHERE account = ? ORDER BY created_at DESC LIMIT 1"
 GATHER_TURNS = 3  # turns of the event loop a batch of finished attempts waits to grow
 DEFAULT_MAX_ATTEMPTS = 8  # 1 + len(delivery.retry_schedule_s) with the default schedule
 
@@ -188,12 +192,13 @@ class SqliteStore:
         )
         return None if row is None else str(row[0])
 
-    async def baseline_done(self) -> bool:
-        return await self.get_meta(BASELINE_MARK) is not None
+    async def baseline_done(self, account: str = DEFAULT_ACCOUNT) -> bool:
+        return await self.get_meta(meta_key(account, BASELINE_MARK)) is not None
 
-    async def newest_created_at(self) -> str | None:
-        row = await self._run(lambda c: c.execute("SELECT MAX(created_at) FROM records").fetchone())
-        return None if row[0] is None else str(row[0])
+    async def newest_created_at(self, account: str = DEFAULT_ACCOUNT) -> str | None:
+        """By the index records_account (a lookup, however many records there are)."""
+        row = await self._run(lambda c: c.execute(NEWEST_CREATED, (account,)).fetchone())
+        return None if row is None else str(row[0])
 
     async def known_states(self, record_ids: Sequence[str]) -> dict[str, RecordState]:
         ids = list(dict.fromkeys(record_ids))
@@ -211,13 +216,14 @@ class SqliteStore:
 
         return await self._run(query)
 
-    async def tracked_pending(self) -> list[RecordState]:
-        rows = await self._run(
-            lambda c: c.execute(
-                "SELECT id, status, created_at FROM records WHERE status NOT IN"
-                " ('success', 'failed') AND gone_at IS NULL ORDER BY created_at DESC"
-            ).fetchall()
+    async def tracked_pending(self, account: str | None = None) -> list[RecordState]:
+        of_account = "" if account is None else " AND account = ?"
+        query = (
+            "SELECT id, status, created_at FROM records WHERE status NOT IN"
+            f" ('success', 'failed') AND gone_at IS NULL{of_account} ORDER BY created_at DESC"
         )
+        params = () if account is None else (account,)
+        rows = await self._run(lambda c: c.execute(query, params).fetchall())
         return [RecordState(*row) for row in rows]
 
     async def commit_scan(self, commit: ScanCommit) -> Committed:
@@ -355,7 +361,7 @@ class SqliteStore:
         *,
         since: float,
         event_type: str | None,
-        targets: Callable[[str], Sequence[str]],
+        targets: Callable[[str, str], Sequence[str]],
         now: float,
     ) -> Replayed:
         return await self._tx(lambda c: ops.replay(c, since, event_type, targets, now))

@@ -154,12 +154,13 @@ def replay(
     conn: sqlite3.Connection,
     since: float,
     event_type: str | None,
-    targets: Callable[[str], Sequence[str]],
+    targets: Callable[[str, str], Sequence[str]],
     now: float,
 ) -> Replayed:
     """Pending again, with a fresh schedule: every delivery of the matching events to the
-    subscribers `targets` names (created if missing). `targets` names configured subscribers
-    only, so an orphaned delivery comes back only for a subscriber configured again."""
+    subscribers `targets(type, record_id)` names (created if missing). `targets` names
+    configured subscribers only, so an orphaned delivery comes back only for a subscriber
+    configured again."""
     where = "occurred_at >= ?"
     params: list[Any] = [since]
     if event_type is not None:
@@ -169,14 +170,15 @@ def replay(
     last_seq = 0
     while True:
         rows = conn.execute(
-            f"SELECT seq, type FROM events WHERE {where} AND seq > ? ORDER BY seq LIMIT ?",
+            f"SELECT seq, type, record_id FROM events WHERE {where} AND seq > ?"
+            " ORDER BY seq LIMIT ?",
             [*params, last_seq, REPLAY_CHUNK],
         ).fetchall()
         if not rows:
             return Replayed(events, deliveries, unmatched, already_pending)
-        for seq, etype in rows:
+        for seq, etype, rid in rows:
             events += 1
-            subs = targets(etype)
+            subs = targets(etype, rid)
             unmatched += not subs
             for sub in subs:
                 cur = conn.execute(

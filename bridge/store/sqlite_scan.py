@@ -17,10 +17,10 @@ from bridge.store.jobs_common import route, seen_records
 def commit_scan(commit: ScanCommit, conn: sqlite3.Connection) -> Committed:
     """Apply `commit` (the caller holds the transaction)."""
     conn.executemany(
-        "INSERT INTO records (id, status, created_at, seen_at) VALUES (?, ?, ?, ?) "
+        "INSERT INTO records (id, status, created_at, seen_at, account) VALUES (?, ?, ?, ?, ?) "
         "ON CONFLICT (id) DO UPDATE SET status = excluded.status,"
         " seen_at = excluded.seen_at, missed_at = NULL, gone_at = NULL",
-        [(s.id, s.status, s.created_at, commit.now) for s in commit.states],
+        [(s.id, s.status, s.created_at, commit.now, commit.account) for s in commit.states],
     )
     conn.executemany(
         "UPDATE records SET seen_at = ?, missed_at = NULL, gone_at = NULL WHERE id = ?",
@@ -95,9 +95,10 @@ def insert_report(conn: sqlite3.Connection, report: Report, *, at: float) -> tup
 
 
 def _forget(conn: sqlite3.Connection, commit: ScanCommit) -> list[str]:
-    """Records missing from the list: missed twice in a row, or not seen by a whole sweep,
-    they are gone (kept as tombstones, so one that comes back is compared with its last
-    status); missed once, they are only marked. Returns the ids gone now."""
+    """Records missing from the list: missed twice in a row, or (of the account scanned)
+    not seen by a whole sweep, they are gone (kept as tombstones, so one that comes back is
+    compared with its last status); missed once, they are only marked. Returns the ids gone
+    now."""
     gone: list[str] = []
     for rid in commit.removed:
         row = conn.execute(
@@ -116,8 +117,9 @@ def _forget(conn: sqlite3.Connection, commit: ScanCommit) -> list[str]:
         gone += [
             row[0]
             for row in conn.execute(
-                "UPDATE records SET gone_at = ? WHERE seen_at < ? AND gone_at IS NULL RETURNING id",
-                (commit.now, commit.forget_unseen_before),
+                "UPDATE records SET gone_at = ? WHERE account = ? AND seen_at < ?"
+                " AND gone_at IS NULL RETURNING id",
+                (commit.now, commit.account, commit.forget_unseen_before),
             ).fetchall()
         ]
     return gone

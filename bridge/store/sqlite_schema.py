@@ -158,6 +158,14 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE e.record_id = jobs.record_id AND e.type <> 'denoise.progress'
         AND substr(e.type, 1, 7) <> 'bridge.' ORDER BY e.seq DESC LIMIT 1), jobs.record);
     """,
+    # several Munsit accounts: a record belongs to the account whose scan stored it (the
+    # records stored until now to `default`); each account's newest record is found by
+    # (account, created_at), which takes over from records_created
+    """
+    ALTER TABLE records ADD COLUMN account TEXT NOT NULL DEFAULT 'default';
+    CREATE INDEX records_account ON records (account, created_at);
+    DROP INDEX records_created;
+    """,
 )
 
 

@@ -27,6 +27,7 @@ from bridge.redact import describe
 from bridge.retry_after import parse_retry_after
 from bridge.upstream.parse import SseParser, error_text, parse_list
 
+DEFAULT_KEY_NAME = "upstream.api_key or MUNSIT_API_KEY"
 log = structlog.get_logger("bridge.upstream")
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -62,8 +63,12 @@ class MunsitClient:
         on_response: Callable[[str], None] = lambda _code: None,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         on_quarantine: Callable[[int], None] = lambda _count: None,
+        key_name: str = DEFAULT_KEY_NAME,
+        account: str | None = None,
     ) -> None:
+        self._log = log if account is None else log.bind(account=account)
         self._session = session
+        self._key_name = key_name  # where the key is configured, for a 401's message
         self._max_response_bytes = max_response_bytes
         self._on_quarantine = on_quarantine  # how many records were newly quarantined
         self._reported: dict[str, None] = {}  # keys of quarantined records, oldest first
@@ -114,14 +119,16 @@ class MunsitClient:
                 if resp.status != 200:
                     body, _ = await _read_capped(resp, ERROR_BODY_BYTES)
                     what = f"GET /denoise/{record_id}/progress"
-                    raise _status_error(resp.status, body, None, what)
+                    raise _status_error(resp.status, body, None, what, self._key_name)
                 parser = SseParser()
                 async for chunk in resp.content.iter_any():
                     for message in parser.feed(chunk):
                         yield message
                     if parser.ignored and not warned:  # once per stream, not per message
                         warned = True
-                        log.warning("unreadable progress message ignored", record_id=record_id)
+                        self._log.warning(
+                            "unreadable progress message ignored", record_id=record_id
+                        )
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(f"progress stream of {record_id}: {describe(exc)}") from exc
         except TimeoutError as exc:
@@ -158,7 +165,7 @@ class MunsitClient:
 
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        log.warning(
+        self._log.warning(
             "upstream request failed, retrying",
             error=str(exc),
             attempt=state.attempt_number,
@@ -190,7 +197,7 @@ class MunsitClient:
             raise UpstreamUnavailable(f"GET /denoise failed: {describe(exc)}") from exc
         self._on_response(str(status))
         if status != 200:
-            raise _status_error(status, body, retry_after, "GET /denoise")
+            raise _status_error(status, body, retry_after, "GET /denoise", self._key_name)
         if not whole:
             raise UpstreamProtocolError(
                 f"GET /denoise?offset={offset} answered more than {cap:,} bytes"
@@ -201,7 +208,7 @@ class MunsitClient:
         self._report(page)
         for record in page:
             if record.status not in KNOWN_STATUSES:
-                log.warning(
+                self._log.warning(
                     "unknown record status, treated as not terminal",
                     record_id=record.id,
                     status=record.status,
@@ -218,7 +225,7 @@ class MunsitClient:
             if len(self._reported) > REPORTED_MAX:
                 del self._reported[next(iter(self._reported))]
             fresh += 1
-            log.warning(
+            self._log.warning(
                 "record quarantined: skipped until Munsit lists it whole",
                 record_id=item.label or None,
                 position=item.position,
@@ -245,14 +252,17 @@ async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes 
 
 
 def _status_error(
-    status: int, body: bytes | bytearray, retry_after: float | None, what: str
+    status: int,
+    body: bytes | bytearray,
+    retry_after: float | None,
+    what: str,
+    key_name: str = DEFAULT_KEY_NAME,
 ) -> UpstreamError:
     """The error a non-200 answer means."""
     text = error_text(body)
     if status == 401:
         return UpstreamAuthError(
-            f"API key rejected by Munsit (401 {text}): check upstream.api_key or MUNSIT_API_KEY",
-            status=status,
+            f"API key rejected by Munsit (401 {text}): check {key_name}", status=status
         )
     if status == 404:
         return UpstreamNotFound(f"{what} answered 404: {text}", status=status)

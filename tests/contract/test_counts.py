@@ -27,7 +27,7 @@ P, D, F, ORPH = (
 OK = Attempt(1.0, 200, 1.0, None, "")
 
 
-def to_ab(_event_type: str) -> Sequence[str]:
+def to_ab(_event_type: str, _record_id: str) -> Sequence[str]:
     return ["a", "b"]
 
 
@@ -107,7 +107,7 @@ async def test_a_removed_subscribers_deliveries_are_set_aside_and_come_back(
     assert await store.claim_lanes(now=9.0, lease_s=60, rooms=[("b", 10)]) == []
     assert await store.next_due_at(["b"]) is None
     # a replay names configured subscribers only: the orphan stays put
-    await store.replay(since=0.0, event_type=None, targets=lambda _: ["a"], now=3.0)
+    await store.replay(since=0.0, event_type=None, targets=lambda _t, _r: ["a"], now=3.0)
     await assert_counts(store, {P: 2, D: 1, ORPH: 1})
     assert await store.reconcile_subscribers(["a"], now=4.0) == (0, 0)
     # configured again: pending, due now, with the attempts it had
@@ -140,7 +140,7 @@ async def test_an_orphaned_delivery_keeps_its_attempts_and_its_holder_is_fenced_
 async def test_a_replay_to_a_returning_subscriber_takes_its_orphans_back(store: Store) -> None:
     await enqueue(store, 0.0, event(1), to=("b",))
     assert await store.reconcile_subscribers([], now=1.0) == (1, 0)
-    replayed = await store.replay(since=0.0, event_type=None, targets=lambda _: ["b"], now=2.0)
+    replayed = await store.replay(since=0.0, event_type=None, targets=lambda _t, _r: ["b"], now=2.0)
     assert replayed.deliveries == 1
     await assert_counts(store, {P: 1})
     [d] = await store.claim_due(now=2.0, limit=10, lease_s=60, subscribers=["b"])

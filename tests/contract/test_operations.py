@@ -204,7 +204,7 @@ async def test_retry_sends_a_dead_letter_or_a_waiting_delivery_now(store: Store)
     await assert_counts(store, {DeliveryState.PENDING: 2, DeliveryState.DELIVERED: 1})
 
 
-def to_ab(event_type: str) -> Sequence[str]:
+def to_ab(event_type: str, _record_id: str) -> Sequence[str]:
     return [] if event_type == PROGRESS else ["a", "b"]
 
 
@@ -264,7 +264,9 @@ async def test_a_retried_dead_letter_replayed_keeps_counting_on_a_fresh_schedule
     assert (second.attempts, second.schedule_from) == (1, 1)
     assert await store.finish_attempt(second, attempt_at(21.0), DEAD)
 
-    replayed = await store.replay(since=0.0, event_type=None, targets=lambda _t: ["a"], now=30.0)
+    replayed = await store.replay(
+        since=0.0, event_type=None, targets=lambda _t, _r: ["a"], now=30.0
+    )
     assert replayed == Replayed(events=1, deliveries=1)
     [third] = await store.claim_due(now=30.0, limit=1, lease_s=60, subscribers=["a"])
     # attempt 3 of the delivery, the first of its new schedule

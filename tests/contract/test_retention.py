@@ -123,7 +123,7 @@ async def test_events_nobody_gets_go_once_old(store: Store) -> None:
 
 async def test_an_event_replayed_meanwhile_is_kept(store: Store) -> None:
     await enqueue(store, 0.0, "lone", to=())
-    replayed = await store.replay(since=0.0, event_type=None, targets=lambda _: ["a"], now=1.0)
+    replayed = await store.replay(since=0.0, event_type=None, targets=lambda _t, _r: ["a"], now=1.0)
     assert replayed.deliveries == 1
     assert await store.purge(now=R + 1.0, retention_s=R) == 0
     assert await event_ids(store) == {"evt_lone"}

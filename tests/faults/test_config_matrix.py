@@ -30,6 +30,7 @@ SECRET = make_secret(seed=7)
 SHORT_SECRET = make_secret(seed=9, size=20)  # well-formed but too short
 OTHER_SECRET = make_secret(seed=11)
 CLIENT_TOKEN = "client-4471-token-0123456789"
+ACCOUNT_KEY = "mk-live-account-5c2d"
 
 Tables = dict[str, dict[str, str]]
 
@@ -70,10 +71,14 @@ class Row:
         return f"{self.key}={self.value}"
 
 
+# a table a row's key needs that the base configuration does not have: made valid first
+SEEDS: Tables = {"accounts[0]": {"id": '"main"', "api_key": f'"{ACCOUNT_KEY}"'}}
+
+
 def with_row(tmp_path: Path, row: Row) -> str:
     tables = base_tables(tmp_path)
     section, _, key = row.key.rpartition(".")
-    values = tables.setdefault(section, {})
+    values = tables.setdefault(section, dict(SEEDS.get(section, {})))
     values.pop(row.drop, None)
     if row.value is None:
         del values[key]
@@ -86,6 +91,12 @@ ROWS = [
     # [upstream]
     Row("upstream.base_url", '"https://"', "must be an http:// or https:// URL with a host"),
     Row("upstream.base_url", '"https://api.munsit.com:99999/api/v1"', "has an invalid port"),
+    Row(
+        "upstream.base_url",
+        '"https://me:pa55word-78@api.munsit.com/api/v1"',
+        "must not hold a user name or password",
+        hidden="pa55word-78",
+    ),
     Row("upstream.api_key", '""', "must not be empty"),
     Row("upstream.api_key", '"   "', "must not be empty"),
     Row(
@@ -222,10 +233,39 @@ ROWS = [
     Row("clients[0].secret_file", '"/etc/hostname"', "cannot be combined with secret"),
     Row("clients[0].allowed_callback_hosts", '["ok.example", "a b"]', "item 1:"),
     Row("clients[0].account", '"eu"', "no account 'eu' (known: default)"),
+    # [[accounts]]
+    Row("accounts[0].id", '"Main"', "must be a slug"),
+    Row("accounts[0].id", None, "required"),
+    Row("accounts[0].api_key", '""', "must not be empty"),
+    Row(
+        "accounts[0].api_key",
+        '"leaky-acc-5513\\r\\nX-Injected: 1"',
+        "must not contain line breaks or other control characters",
+        hidden="leaky-acc-5513",
+    ),
+    Row(
+        "accounts[0].api_key_env",
+        '"MATRIX_UNSET_KEY"',
+        "environment variable MATRIX_UNSET_KEY is not set",
+        drop="api_key",
+    ),
+    Row("accounts[0].api_key_env", '"MATRIX_UNSET_KEY"', "cannot be combined with api_key"),
+    Row("accounts[0].base_url", '"ftp://munsit.example"', "must be an http:// or https:// URL"),
+    Row(
+        "accounts[0].base_url",
+        '"https://me:pa55word-77@munsit.example/api/v1"',
+        "must not hold a user name or password",
+        hidden="pa55word-77",
+    ),
+    Row("accounts[0].poll_interval_s", "0", "Input should be greater than 0"),
+    Row("accounts[0].idle_poll_interval_s", "-1", "Input should be greater than 0"),
     # [log]
     Row("log.level", '"verbose"', "Input should be 'debug', 'info', 'warning' or 'error'"),
     Row("log.format", '"yaml"', "Input should be 'json', 'console' or 'auto'"),
     # [[subscribers]]
+    Row("subscribers[0].accounts", '["eu"]', "no account 'eu' (known: default)"),
+    Row("subscribers[0].accounts", "[]", "List should have at least 1 item"),
+    Row("subscribers[0].accounts", '["EU"]', "item 0: must be a slug"),
     Row("subscribers[0].id", '"-ops"', "must be a slug"),
     Row("subscribers[0].id", None, "required"),
     Row("subscribers[0].url", '"mailto:ops@example.com"', "must be an http:// or https:// URL"),
@@ -316,6 +356,41 @@ ROWS = [
     Row("subscribers[0].headers", '{ "X A" = "1" }', "is not a valid header name"),
     Row("subscribers[0].headers", '{ "X-Count" = 1 }', "Input should be a valid string"),
     Row("subscribers[0].enabled", '"sometimes"', "Input should be a valid boolean"),
+    # format = "template"
+    Row("subscribers[0].format", '"template"', "format 'template' needs template or template_file"),
+    Row("subscribers[0].template", '"{{ body | tojson }}"', "only with format 'template'"),
+    Row(
+        "subscribers[0].template",
+        '"{\\"a\\": 1,\\n\\"b\\": {{ event.id "\nformat = "template"',
+        "template line 2: unexpected end of template",
+    ),
+    Row(
+        "subscribers[0].template_file",
+        '"hook.j2"\ntemplate = "{}"\nformat = "template"',
+        "cannot be combined with template",
+    ),
+    Row(
+        "subscribers[0].template_file",
+        '"no-such.j2"\nformat = "template"',
+        "cannot read {dir}/no-such.j2 (No such file or directory)",
+    ),
+    Row("subscribers[0].template_file", '"hook.j2"', "only with format 'template'"),
+    Row(
+        "subscribers[0].content_type",
+        '"text/plain\\r\\nX-Injected: 1"\nformat = "template"\ntemplate = "hi"',
+        "contains a line break",
+    ),
+    Row(
+        "subscribers[0].content_type",
+        '"plain text"\nformat = "template"\ntemplate = "hi"',
+        "is not a media type",
+    ),
+    Row("subscribers[0].content_type", '"text/plain"', "only with format 'template'"),
+    Row(
+        "subscribers[0].content_type",
+        '"text/plain; charset=iso-8859-1"\nformat = "template"\ntemplate = "hi"',
+        "charset 'iso-8859-1': bodies are sent as UTF-8",
+    ),
 ]
 
 

@@ -134,7 +134,10 @@ class Run:
         results = [result] if result else ["ok", "error", "auth_failed"]
         registry = self.svc.metrics.registry
         return sum(
-            int(registry.get_sample_value("bridge_polls_total", {"result": r}) or 0)
+            int(
+                registry.get_sample_value("bridge_polls_total", {"account": "default", "result": r})
+                or 0
+            )
             for r in results
         )
 
@@ -616,7 +619,12 @@ async def test_a_poison_record_listed_on_top_is_quarantined_and_its_page_process
     assert_alive(run, logs)
     assert len(logged(logs, QUARANTINED)) == 1
     assert run.polls_done("error") == 0
-    assert run.svc.metrics.registry.get_sample_value("bridge_records_quarantined_total") == 1
+    assert (
+        run.svc.metrics.registry.get_sample_value(
+            "bridge_records_quarantined_total", {"account": "default"}
+        )
+        == 1
+    )
 
 
 async def test_unknown_statuses_are_not_terminal_and_emit_nothing(

@@ -63,7 +63,7 @@ class Host:
     def upstream(self) -> aiohttp.ClientSession:
         return self.session
 
-    async def baseline_recorded(self) -> bool:
+    async def baseline_recorded(self, account: str) -> bool:
         return self.baseline
 
     def watch(self, record_id: str) -> None:

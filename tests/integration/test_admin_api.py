@@ -971,13 +971,22 @@ async def test_readyz_before_any_poll_and_after_a_successful_one(world: World) -
         "ready": False,
         "reasons": ["no successful poll yet"],
         "last_poll_success_at": None,
+        "accounts": {
+            "default": {
+                "ready": False,
+                "reasons": ["no successful poll yet"],
+                "last_poll_success_at": None,
+            }
+        },
     }
+    now = iso_utc(world.clock.now())
     assert after == {
         "role": "leader",
         "replica": replica,
         "ready": True,
         "reasons": [],
-        "last_poll_success_at": iso_utc(world.clock.now()),
+        "last_poll_success_at": now,
+        "accounts": {"default": {"ready": True, "reasons": [], "last_poll_success_at": now}},
     }
 
 

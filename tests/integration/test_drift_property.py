@@ -1,13 +1,13 @@
 """Property: whatever interleaving of inserts, status changes and page fetches, every record
 gets one `created` event after the baseline and one terminal event — never a miss, never a
-duplicate. Drives the real simulator over HTTP and the real service on a SQLite file."""
+duplicate. Idle spells (every job finished: polls read the probe) come and go with the rest.
+Drives the real simulator over HTTP and the real service on a SQLite file."""
 
 from __future__ import annotations
 
 import asyncio
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.detect.poller import PollResult
+from bridge.detect.scan import PROBE_LIMIT
 from bridge.models import Record
 from bridge.service import Service
 from bridge.sim.clock import FakeClock
@@ -30,6 +31,8 @@ OP = st.one_of(
     st.tuples(st.just("insert"), STATUSES),
     st.tuples(st.just("finish"), st.integers(0, 50), st.sampled_from(["success", "failed"])),
     st.tuples(st.just("none")),
+    st.tuples(st.just("settle")),  # every pending job finishes: the next polls are idle
+    st.tuples(st.just("burst"), st.integers(2, 7), STATUSES),  # several jobs in one go
 )
 
 
@@ -38,7 +41,8 @@ class World:
     """The ground truth the bridge is checked against."""
 
     sim: Simulator
-    ops: Iterator[tuple[Any, ...]]
+    ops: list[tuple[Any, ...]]  # applied in turn, one before each page fetch
+    done: int = 0  # how many were applied
     baseline_ids: set[str] | None = None
     baseline_pending: set[str] = field(default_factory=set)
     in_baseline: bool = True
@@ -47,6 +51,10 @@ class World:
     def apply(self, op: tuple[Any, ...]) -> None:
         if op[0] == "insert":
             self.sim.add_records(1, status=op[1])
+        elif op[0] == "burst":
+            # during the baseline, one at a time: a burst would put records created after the
+            # first fetch on the baseline's later pages, where they are noted, not announced
+            self.sim.add_records(1 if self.in_baseline else op[1], status=op[2])
         elif op[0] == "finish":
             pending = [r["id"] for r in self.sim.records if r["status"] == "pending"]
             if pending:
@@ -54,6 +62,12 @@ class World:
                 self.sim.set_status(rid, op[2], error="x" if op[2] == "failed" else None)
                 if self.in_baseline:
                     self.finished_during_baseline.add(rid)
+        elif op[0] == "settle":
+            for record in self.sim.records:
+                if record["status"] == "pending":
+                    self.sim.set_status(record["id"], "success")
+                    if self.in_baseline:
+                        self.finished_during_baseline.add(record["id"])
 
 
 class Interleaved:
@@ -63,9 +77,9 @@ class Interleaved:
         self.inner, self.world = inner, world
 
     async def list_page(self, offset: int, limit: int) -> list[Record]:
-        op = next(self.world.ops, None)
-        if op is not None:
-            self.world.apply(op)
+        if self.world.done < len(self.world.ops):
+            self.world.done += 1
+            self.world.apply(self.world.ops[self.world.done - 1])
         if self.world.baseline_ids is None:
             records = self.world.sim.records
             self.world.baseline_ids = {r["id"] for r in records}
@@ -76,18 +90,22 @@ class Interleaved:
 
 async def scenario(
     initial: list[str], ops: list[tuple[Any, ...]], page_size: int, max_pages: int
-) -> None:
+) -> list[PollResult]:
+    """Runs the interleaving, checks the events; returns the polls after the baseline."""
     clock = FakeClock()
     sim = Simulator(api_key="test-key", clock=clock, processing_s=1e9)
     for status in initial:
         sim.add_records(1, status=status)
-    world = World(sim, iter(ops))
+    world = World(sim, ops)
     server = TestServer(sim.make_app())
     await server.start_server()
     events: list[Any] = []
+    polls: list[PollResult] = []
 
     def collect(result: PollResult) -> None:
         events.extend(result.events)
+        if not result.baseline:
+            polls.append(result)
 
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -109,7 +127,7 @@ async def scenario(
                     await svc.poller.tick()
                     if await svc.store.get_meta(SWEEP) is None:
                         world.in_baseline = False
-                    exhausted = next(world.ops, None) is None
+                    exhausted = world.done == len(world.ops)
                     if exhausted and not world.in_baseline:
                         break
                 quiet = 0
@@ -123,6 +141,7 @@ async def scenario(
     finally:
         await server.close()
     check(world, sim.records, events, mark or "")
+    return polls
 
 
 def check(world: World, records: list[dict[str, Any]], events: list[Any], mark: str) -> None:
@@ -154,6 +173,16 @@ def test_baseline_records_pending_then_finished_get_their_terminal_event() -> No
 
     finishes = [("finish", 0, "success"), ("insert", "pending"), ("finish", 3, "failed")] * 4
     asyncio.run(scenario(["pending"] * 7 + ["success"] * 5, [("none",)] * 10 + finishes, 2, 3))
+
+
+def test_idle_spells_read_the_probe_and_miss_nothing_after_them() -> None:
+    """Idle polls end at the probe; the job created or finished after them is still seen."""
+    idle = [("settle",)] + [("none",)] * 4
+    ops = [*idle, ("insert", "pending"), *idle, ("burst", 5, "success"), *idle]
+    ops += [("insert", "pending"), ("none",), ("finish", 0, "failed"), *idle]
+    polls = asyncio.run(scenario(["pending"] * 3 + ["success"] * 6, ops, 4, 3))
+    probes = [p for p in polls if p.pages == 1 and p.records_seen == PROBE_LIMIT]
+    assert len(probes) >= 8  # the idle polls: the probe alone (a page holds 4)
 
 
 @settings(

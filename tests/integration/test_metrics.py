@@ -51,7 +51,7 @@ async def test_metrics_follow_polls_events_and_deliveries(
         TestClient(TestServer(create_app(svc))) as http,
     ):
         before = await scrape(http)
-        assert before[("bridge_records_pending", ())] == 0
+        assert before[("bridge_records_pending", (("account", "default"),))] == 0
         assert before[("bridge_outbox_pending", ())] == 0
         assert before[("bridge_subscriber_enabled", (("subscriber", "rx"),))] == 1
 
@@ -60,13 +60,15 @@ async def test_metrics_follow_polls_events_and_deliveries(
         sim.set_status(other["id"], "failed", error="Could not decode audio stream")
         await svc.poller.tick()
         mid = await scrape(http)
-        assert mid[("bridge_polls_total", (("result", "ok"),))] == 2
-        assert mid[("bridge_upstream_requests_total", (("code", "200"),))] >= 2
-        assert mid[("bridge_upstream_pages_per_poll_count", ())] == 2
+        assert mid[("bridge_polls_total", (("account", "default"), ("result", "ok")))] == 2
+        assert (
+            mid[("bridge_upstream_requests_total", (("account", "default"), ("code", "200")))] >= 2
+        )
+        assert mid[("bridge_upstream_pages_per_poll_count", (("account", "default"),))] == 2
         assert mid[("bridge_events_total", (("type", "denoise.completed"),))] == 1
         assert mid[("bridge_events_total", (("type", "denoise.failed"),))] == 1
         assert mid[("bridge_outbox_pending", ())] == 2
-        assert mid[("bridge_records_pending", ())] == 0
+        assert mid[("bridge_records_pending", (("account", "default"),))] == 0
 
         await drive(clock, svc.dispatcher.drain_once())  # one 500, one delivered
         await clock.advance(2)
@@ -79,6 +81,6 @@ async def test_metrics_follow_polls_events_and_deliveries(
     assert after[("bridge_deliveries_total", (("result", "delivered"), rx))] == 2
     assert after[("bridge_delivery_seconds_count", ())] == 3
     assert after[("bridge_outbox_pending", ())] == 0
-    assert after[("bridge_polls_total", (("result", "auth_failed"),))] == 1
-    assert after[("bridge_upstream_requests_total", (("code", "401"),))] == 1
-    assert after[("bridge_last_poll_success_timestamp_seconds", ())] > 0
+    assert after[("bridge_polls_total", (("account", "default"), ("result", "auth_failed")))] == 1
+    assert after[("bridge_upstream_requests_total", (("account", "default"), ("code", "401")))] == 1
+    assert after[("bridge_last_poll_success_timestamp_seconds", (("account", "default"),))] > 0

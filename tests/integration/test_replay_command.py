@@ -152,7 +152,7 @@ async def test_replay_says_why_events_went_nowhere(
     assert await replay_cli(*args, "--subscriber", "late") == 0
     assert capsys.readouterr().out.splitlines()[-1] == (
         "replayed 4 stored events: 0 deliveries queued; 2 deliveries already pending"
-        " (left as they are); 2 events match none of subscriber late's events"
+        " (left as they are); 2 events match none of subscriber late's events or accounts"
     )
     assert await replay_cli(*args) == 0
     assert (
@@ -171,6 +171,6 @@ async def test_replay_says_why_events_went_nowhere(
         .out.splitlines()[-1]
         .startswith(
             "replayed 4 stored events: 0 deliveries queued; 4 deliveries already pending"
-            " (left as they are); 2 events match no subscriber's events"
+            " (left as they are); 2 events match no subscriber's events or accounts"
         )
     )

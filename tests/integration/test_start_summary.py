@@ -29,7 +29,7 @@ async def test_one_summary_line_at_start(tmp_path: Path, clock: FakeClock, secre
     assert line["version"] == __version__
     assert line["config"] == "(none: defaults and env)"  # settings built without a file
     assert line["store"] == str(tmp_path / "b.db") and Path(line["store"]).is_absolute()
-    assert line["upstream"] == "http://127.0.0.1:9/api/v1"
+    assert line["upstream"] == ["http://127.0.0.1:9/api/v1"]
     assert line["subscribers"] == ["rx"] and line["accounts"] == ["default"]
     assert line["admin"] == f"http://127.0.0.1:{svc.admin_port}" and svc.admin_port > 0
     assert line["gateway"] == "off" and line["role"] == "leader"

@@ -190,7 +190,7 @@ async def test_the_postgresql_migration_keeps_what_the_store_held(pg_url: str) -
     store = PgStore(pg_url, db_clock=False)
     await store.open()
     try:
-        assert not store.created and store.schema_version == len(migrations()) == 3
+        assert not store.created and store.schema_version == len(migrations()) == 4
         [view] = await store.list_deliveries()
         assert (view.event_id, view.subscriber_id) == ("evt_old", "a")
         assert await store.register_job(job("r1"), now=5.0) == 1

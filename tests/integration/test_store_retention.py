@@ -141,7 +141,7 @@ OPS = st.one_of(
 )
 
 
-def to(subs: tuple[str, ...], _event_type: str) -> tuple[str, ...]:
+def to(subs: tuple[str, ...], _event_type: str, _record_id: str) -> tuple[str, ...]:
     return subs
 
 

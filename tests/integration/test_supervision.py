@@ -27,11 +27,11 @@ class CrashingStore(SqliteStore):
 
     crashes = 0
 
-    async def tracked_pending(self) -> list[RecordState]:
+    async def tracked_pending(self, account: str | None = None) -> list[RecordState]:
         if self.crashes > 0:
             self.crashes -= 1
             raise RuntimeError("injected bug in the poll")
-        return await super().tracked_pending()
+        return await super().tracked_pending(account)
 
 
 async def test_a_crashing_poller_restarts_and_deliveries_go_on(

@@ -71,6 +71,7 @@ def test_env_overrides_file_and_munsit_api_key(
     monkeypatch.setenv("BRIDGE_UPSTREAM__POLL_INTERVAL_S", "2")
     monkeypatch.setenv("BRIDGE_DELIVERY__RETRY_SCHEDULE_S", "[1, 2]")
     s = load_settings(path)
+    assert s.upstream.api_key is not None
     assert s.upstream.api_key.get_secret_value() == "from-env"
     assert s.upstream.poll_interval_s == 2.0
     assert s.upstream.page_size == 10
@@ -82,7 +83,8 @@ def test_bridge_env_key_wins_over_munsit_api_key(
 ) -> None:
     monkeypatch.setenv("MUNSIT_API_KEY", "generic")
     monkeypatch.setenv("BRIDGE_UPSTREAM__API_KEY", "specific")
-    assert load_settings(write(tmp_path, "")).upstream.api_key.get_secret_value() == "specific"
+    key = load_settings(write(tmp_path, "")).upstream.api_key
+    assert key is not None and key.get_secret_value() == "specific"
 
 
 def test_relative_store_path_is_beside_the_config_file(
@@ -230,6 +232,7 @@ def test_example_config_is_valid_and_documents_every_key(
     from pydantic import BaseModel
 
     from bridge.config import Settings
+    from bridge.config_accounts import AccountConfig
     from bridge.config_gateway import ClientConfig
 
     example = Path(__file__).parents[2] / "config" / "bridge.example.toml"
@@ -255,6 +258,7 @@ def test_example_config_is_valid_and_documents_every_key(
         tables: dict[str, type[BaseModel]] = {
             "subscribers": type(settings.subscribers[0]),
             "clients": ClientConfig,
+            "accounts": AccountConfig,
         }
         model = tables.get(section) or type(getattr(settings, section))
         for key in model.model_fields:

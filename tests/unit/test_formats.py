@@ -81,6 +81,7 @@ def test_standard_body_is_the_contract() -> None:
         "type": "denoise.completed",
         "timestamp": "2025-11-23T19:00:00.123Z",
         "previous_status": "pending",
+        "account": "default",
         "data": RECORD,
     }
 
@@ -104,6 +105,7 @@ def test_zapier_is_flat_with_the_contract_keys() -> None:
         "error",
         "created_at",
         "updated_at",
+        "account",
     ]
     assert all(v is None or isinstance(v, str | int | float | bool) for v in body.values())
     assert body["record_id"] == RECORD["id"] and body["audio_duration"] == 93.4

@@ -95,6 +95,6 @@ async def test_quarantined_items_count_for_the_page_length(store: SqliteStore) -
     await remember(store, [state(n) for n in range(1, 5)])
     source = Listing([None] * 5 + [9, 8, None, 6, 5] + [4, 3], broken=set())
     result = await scan(source, store, page_size=5, max_pages=200, now=2.0)
-    assert source.calls == [0, 5, 10]
+    assert source.calls == [0, 0, 5, 10]  # the probe (unreadable items: no proof), then pages
     assert [r.id for r in result.rows] == ["r0009", "r0008", "r0006", "r0005", "r0004", "r0003"]
     assert result.truncated is False and result.sweep is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from bridge.detect.scan import StopRule, scan
+from bridge.detect.scan import PROBE_LIMIT, StopRule, scan
 from bridge.models import Record, RecordState
 from bridge.store.base import BASELINE_MARK, ScanCommit
 from bridge.store.sqlite import SqliteStore
@@ -83,7 +83,7 @@ async def test_steady_state_costs_one_request(tmp_path: Path) -> None:
     source = ListSource(100)
     store = await _store(tmp_path, [st(n) for n in range(1, 101)])
     result = await scan(source, store, page_size=10, max_pages=200, now=2.0)
-    assert source.calls == [(0, 10)]
+    assert source.calls == [(0, PROBE_LIMIT)]  # nothing pending: the probe is the whole scan
     assert result.pages == 1
     await store.close()
 
@@ -119,7 +119,7 @@ async def test_many_new_records_are_all_collected(tmp_path: Path) -> None:
     result = await scan(source, store, page_size=10, max_pages=200, now=2.0)
     new = {r.id for r in result.rows} - {f"r{n:04d}" for n in range(1, 21)}
     assert new == {f"r{n:04d}" for n in range(21, 46)}
-    assert source.calls == [(0, 10), (10, 10), (20, 10)]
+    assert source.calls == [(0, PROBE_LIMIT), (0, 10), (10, 10), (20, 10)]  # probe, then pages
     await store.close()
 
 
