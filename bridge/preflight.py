@@ -90,7 +90,7 @@ async def template_problems(settings: Settings) -> list[str]:
             continue
         for sample in samples(sub, settings.account_ids):
             try:
-                await render_template(sub.template_source, sample, sub.media_type)
+                await render_template(sub.template_source, sample, sub.media_type, sub.id)
             except Exception as exc:
                 lines.append(f"subscribers[{i}] ({sub.id}): {why(exc)} (on a sample {sample.type})")
                 break

@@ -32,9 +32,8 @@ from bridge.store.base import SubscriberHealth
 AT = EXAMPLE.occurred_at
 
 
-def _record_event(event_type: str, key: str) -> Event:
+def _record_event(event_type: str, key: str, previous: str | None = "pending") -> Event:
     data: dict[str, object] = dict(RECORD)
-    previous: str | None = "pending"
     if event_type == CREATED:
         data |= {"status": "pending", "audio_url": None}
         previous = None
@@ -55,6 +54,8 @@ def samples(sub: SubscriberConfig, account_ids: Sequence[str]) -> list[Event]:
     for event_type in (CREATED, COMPLETED, FAILED_EVENT, PROGRESS):
         if wants(sub.events, event_type):
             out.append(_record_event(event_type, key))
+            if event_type in (COMPLETED, FAILED_EVENT):  # a record first seen finished
+                out.append(_record_event(event_type, key, previous=None))
     if wants(sub.events, TEST):
         out.append(sample_event(AT))
     if wants(sub.events, SUBSCRIBER_DISABLED):

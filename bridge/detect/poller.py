@@ -38,6 +38,7 @@ MAX_BACKOFF_S = 300.0
 MAX_BACKOFF_DOUBLINGS = 16  # 2**16 poll intervals is past MAX_BACKOFF_S for any interval
 MAX_RETRY_AFTER_S = 3600.0
 GONE_LOGGED = 20
+PAGE_CHECK_S = 1800.0  # an idle bridge reads a whole first page at least this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,7 @@ class Poller:
         # the last paged scan met an unreadable record: page again (not probe) until it is
         # listed whole, wherever it is on the first page; and on a first poll, not known yet
         self._unread = True
+        self._paged_at: float | None = None  # when a scan last read a whole first page
         self.pending: list[RecordState] = []
         self.last_success_at: float | None = None
         self.last_error: str | None = None
@@ -132,10 +134,10 @@ class Poller:
             max_pages=self._upstream.max_pages_per_scan,
             now=now,
             sweep=sweep,
-            probe=not self._unread,
+            probe=self._may_probe(now),
         )
         if not result.probed:
-            self._unread = result.unread
+            self._unread, self._paged_at = result.unread, now
         baseline = mark is None
         if mark is None:
             mark = max((r.created_at for r in result.rows), default="")
@@ -206,6 +208,13 @@ class Poller:
         if self._on_poll is not None:
             self._on_poll(poll)
         return poll
+
+    def _may_probe(self, now: float) -> bool:
+        """Whether an idle poll may end at the probe: not while the last paged scan met an
+        unreadable record, and a whole first page at least every `PAGE_CHECK_S` (a record
+        listed late or changed below the top two rows waits at most that long)."""
+        fresh = self._paged_at is not None and now - self._paged_at < PAGE_CHECK_S
+        return fresh and not self._unread
 
     async def _full_scan_due(self, now: float) -> bool:
         if self._full_requested:

@@ -76,3 +76,12 @@ def test_the_sample_comes_from_an_account_the_subscriber_gets(
     assert check(path, capsys) == (0, [])
     path = write(tmp_path, template, accounts=True)  # every account: the first one's sample
     assert check(path, capsys) == (0, [])
+
+
+def test_a_record_first_seen_finished_is_a_sample_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A job that finished between two polls is announced with `previous_status` null."""
+    template = '{"was": {{ event.previous_status.upper() | tojson }}}'
+    code, err = check(write(tmp_path, template), capsys)
+    assert code == 2 and any("has no attribute 'upper'" in line for line in err), err

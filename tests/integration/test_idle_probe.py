@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from bridge.detect.poller import PollResult
+from bridge.detect.poller import PAGE_CHECK_S, PollResult
 from bridge.detect.scan import PROBE_LIMIT
 from bridge.models import Page, Record
 from bridge.service import Service
@@ -172,3 +172,21 @@ async def test_a_record_that_cannot_be_read_on_top_falls_back_to_paging(rig: Rig
     assert queries == [f"/denoise?offset=0&limit={PAGE_SIZE}"]
     _, sent, queries = await rig.poll()
     assert queries == [f"/denoise?offset=0&limit={PROBE_LIMIT}"] and sent <= IDLE_BYTES
+
+
+async def test_a_change_below_the_top_two_waits_at_most_page_check_s(
+    rig: Rig, clock: FakeClock
+) -> None:
+    """The probe reads the top two rows; a whole first page at least every `PAGE_CHECK_S`
+    catches what changed below them (here a finished record failing again at row 5)."""
+    await rig.poll()  # idle: the probe
+    fifth = rig.sim.records[4]
+    rig.sim.set_status(fifth["id"], "failed", error="re-processed")
+    result, _, queries = await rig.poll()
+    assert queries == [f"/denoise?offset=0&limit={PROBE_LIMIT}"] and result.events == []
+    await clock.advance(PAGE_CHECK_S)
+    result, _, queries = await rig.poll()
+    assert queries == [f"/denoise?offset=0&limit={PAGE_SIZE}"]
+    assert [(e.type, e.record_id) for e in result.events] == [("denoise.failed", fifth["id"])]
+    _, _, queries = await rig.poll()  # probes again
+    assert queries == [f"/denoise?offset=0&limit={PROBE_LIMIT}"]

@@ -85,10 +85,11 @@ async def test_text_plain_is_sent_as_such_and_signed(
         "id": "plain", "url": await receiver_url(receiver, aiohttp_server), "secret": secret,
         "format": "template", "template": template, "content_type": "text/plain",
     }  # fmt: skip
+    await POOL.close()  # whatever an earlier test left
     async with Service(settings(sim_url, tmp_path / "b.db", sub), clock=clock) as svc:
         job = await one_completion(sim, svc, clock)
         assert await svc.dispatcher.drain_once() == 1
-        assert len(POOL.pids()) == 1  # started by the render
+        assert POOL.pool("plain").pids() == POOL.pids() and len(POOL.pids()) == 1  # its own
     assert POOL.pids() == []  # ended with the service
     [req] = receiver.requests
     assert req.headers["Content-Type"] == "text/plain"

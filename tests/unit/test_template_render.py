@@ -29,7 +29,7 @@ EVENT = Event(
 
 
 def run(source: str, event: Event = EVENT, content_type: str = "text/plain") -> str:
-    return asyncio.run(render_template(source, event, content_type))
+    return asyncio.run(render_template(source, event, content_type, "test"))
 
 
 def failure(source: str, event: Event = EVENT, content_type: str = "text/plain") -> str:

@@ -36,9 +36,10 @@ def context(event: Event) -> dict[str, Any]:
     }
 
 
-async def render_template(source: str, event: Event, content_type: str) -> str:
-    """`source` rendered for `event` in a worker process, time-capped (`pool`)."""
-    return await POOL.render(source, content_type, context(event))
+async def render_template(source: str, event: Event, content_type: str, key: str) -> str:
+    """`source` rendered for `event` in the worker process of subscriber `key`, time-capped
+    (`pool`)."""
+    return await POOL.render(key, source, content_type, context(event))
 
 
 async def body_for(sub: SubscriberConfig, event: Event) -> Body:
@@ -47,7 +48,8 @@ async def body_for(sub: SubscriberConfig, event: Event) -> Body:
         return Body(formats.render(event, sub.format), JSON_TYPE)
     source = sub.template_source
     assert source is not None  # the configuration guarantees it with format template
-    return Body(await render_template(source, event, sub.media_type), sub.media_type)
+    text = await render_template(source, event, sub.media_type, sub.id)
+    return Body(text, sub.media_type)
 
 
 def why(exc: BaseException) -> str:

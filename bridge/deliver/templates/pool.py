@@ -1,6 +1,6 @@
-"""Body templates render in a few worker processes (`worker.serve`), never in the bridge's
-own: a render that overruns `RENDER_LIMIT_S` (a template loop, or one long step in C) has
-its process killed, and nothing else waits for it.
+"""Body templates render in worker processes (`worker.serve`), never in the bridge's own,
+one per template subscriber (`Pools`): a render that overruns `RENDER_LIMIT_S` (a template
+loop, or one long step in C) has its process killed, and no other subscriber waits for it.
 
 A render waits, with no time limit, for a free worker, sends it the request, and waits for
 the answer at most `RENDER_LIMIT_S` from then. The event loop never blocks on a worker: it
@@ -109,6 +109,7 @@ class RenderPool:
         self.size = size
         self.limit_s = limit_s
         self._live: set[_Worker] = set()  # started and not yet ended
+        self._dropped: set[_Worker] = set()  # killed, not reaped yet
         self._idle: list[_Worker] = []
         self._free = size  # slots: a render holds one from its queue wait's end to its answer
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -189,9 +190,14 @@ class RenderPool:
                 await self._end(worker)
                 raise timeout_error(self.limit_s)
             reply: dict[str, Any] = json.loads(worker.conn.recv_bytes())
+            if not isinstance(reply, dict):
+                raise ValueError("not an object")
         except (EOFError, OSError):
             await self._end(worker)
             raise TemplateError(worker.gone()) from None
+        except ValueError:  # not the worker's JSON answer (UnicodeDecodeError is one)
+            await self._end(worker)
+            raise TemplateError("template: the renderer answered garbage") from None
         except asyncio.CancelledError:
             self._drop(worker)  # its answer would be the next render's
             raise
@@ -200,26 +206,28 @@ class RenderPool:
         return reply
 
     def _drop(self, worker: _Worker) -> None:
-        """Kill `worker` and forget it; reaped by `_end`, `close`, or at the latest by the
-        next start (`multiprocessing` reaps its ended children then)."""
+        """Kill `worker` and forget it; reaped by `_end`, else by `close` (`_dropped`)."""
         worker.kill()
         worker.conn.close()
         self._live.discard(worker)
+        self._dropped.add(worker)
 
     async def _end(self, worker: _Worker) -> None:
         """Kill `worker` and reap it, without blocking the loop."""
         self._drop(worker)
         await worker.reap()
+        self._dropped.discard(worker)
 
     async def close(self) -> None:
         """End every worker: an idle one at once, a rendering one with its render failed
         (its render sees the end of the pipe)."""
-        workers, idle, self._idle = list(self._live), self._idle, []
+        workers, idle, self._idle = [*self._live, *self._dropped], self._idle, []
         for worker in workers:
             worker.kill()
         for worker in idle:
             self._drop(worker)
         await asyncio.gather(*(w.reap() for w in workers))
+        self._dropped.clear()
 
     def close_now(self) -> None:
         """`close` without a loop (at exit)."""
@@ -229,7 +237,38 @@ class RenderPool:
             worker.process.join(REAP_LIMIT_S)
 
 
-POOL = RenderPool()
+class Pools:
+    """A worker of its own for each template subscriber (`key`), started on its first
+    render: a template that overruns delays the bodies of its own subscriber, never
+    another's (CONTRACT §4: a slow subscriber never delays others)."""
+
+    def __init__(self, size: int = 1) -> None:
+        self.size = size
+        self._pools: dict[str, RenderPool] = {}
+
+    def pool(self, key: str) -> RenderPool:
+        found = self._pools.get(key)
+        if found is None:
+            found = self._pools[key] = RenderPool(self.size)
+        return found
+
+    async def render(
+        self, key: str, source: str, content_type: str, context: dict[str, Any]
+    ) -> str:
+        return await self.pool(key).render(source, content_type, context)
+
+    def pids(self) -> list[int]:
+        return sorted(pid for p in self._pools.values() for pid in p.pids())
+
+    async def close(self) -> None:
+        await asyncio.gather(*(p.close() for p in self._pools.values()))
+
+    def close_now(self) -> None:
+        for pool in self._pools.values():
+            pool.close_now()
+
+
+POOL = Pools()
 atexit.register(POOL.close_now)
 
 

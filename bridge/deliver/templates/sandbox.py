@@ -15,7 +15,7 @@ import functools
 import json
 import re
 import traceback
-from collections.abc import Callable, Mapping, Sized
+from collections.abc import Callable, Iterable, Mapping, Sized
 from typing import Any
 
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
@@ -66,9 +66,17 @@ def _check_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
             raise SecurityError(f"the argument {arg} is too large (the limit is {MAX_VALUE})")
 
 
-def _check_join(items: object) -> None:
-    if isinstance(items, list | tuple) and sum(_size(i) for i in items) > MAX_VALUE:
+def _joined(items: object, separator: object) -> object:
+    """`items` as a list (a generator is read once, here) after checking that joining them
+    with `separator` stays within `MAX_VALUE`; anything else as it is."""
+    if isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable):
+        return items
+    listed = list(items)
+    sep = len(separator) if isinstance(separator, str) else 0
+    total = sum(_size(i) for i in listed) + sep * max(0, len(listed) - 1)
+    if total > MAX_VALUE:
         raise _too_big("the joined string")
+    return listed
 
 
 def _check_replace(value: str, old: str, new: str) -> None:
@@ -85,7 +93,8 @@ def _capped_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
         if name == "replace" and len(args) >= skip + 2:
             _check_replace(*(str(a) for a in args[skip - 1 : skip + 2]))
         if name == "join" and len(args) >= skip:
-            _check_join(args[skip - 1])
+            separator = args[skip] if len(args) > skip else kwargs.get("d", "")
+            args = (*args[: skip - 1], _joined(args[skip - 1], separator), *args[skip:])
         if name == "format" and _BIG_WIDTH.search(str(args[skip - 1])):
             raise _too_big("a width in the format")
         return func(*args, **kwargs)
@@ -153,7 +162,7 @@ class BodySandbox(ImmutableSandboxedEnvironment):
             if name in ("format", "format_map") and _BIG_WIDTH.search(owner):
                 raise _too_big("a width in the format")
             if name == "join" and args:
-                _check_join(args[0])
+                args = (_joined(args[0], owner), *args[1:])
             if name == "replace" and len(args) >= 2:
                 _check_replace(owner, str(args[0]), str(args[1]))
         return super().call(__context, __obj, *args, **kwargs)
