@@ -194,7 +194,7 @@ async def scan(
     idle = not pending and sweep is None  # and not a baseline: newest_known is not None
     if probe and idle and newest_known is not None and page_size > PROBE_LIMIT:
         got = await pager.fetch(0, PROBE_LIMIT)
-        if unchanged_top(got.records, got.size, pager.previous, newest_known):
+        if unchanged_top(got.records, got.size, pager.previous):
             return ScanResult(
                 list(got.records), pager.previous, 1, [], None, None, False, probed=True
             )
@@ -287,15 +287,15 @@ async def _advance(
     return replace(sweep, offset=offset, last_id=last_id, last_created=last_created), None
 
 
-def unchanged_top(
-    rows: Sequence[Record], size: int, known: dict[str, RecordState], newest_known: str
-) -> bool:
+def unchanged_top(rows: Sequence[Record], size: int, known: dict[str, RecordState]) -> bool:
     """Whether a probe answer (`size` items, `rows` of them readable) proves that nothing new
     is listed above the records the store knows: every item readable, known and in its known
-    status, the first as new as the newest known record, and either the list ends within the
-    answer or its last row is strictly older than its first (so no unknown record can share
-    the newest known `created_at` below it)."""
-    if not rows or size != len(rows) or rows[0].created_at < newest_known:
+    status, and either the list ends within the answer or its last row is strictly older
+    than its first (so no unknown record can share the top `created_at` below it). The list
+    is newest first, so a new record would be on top; the top row need not be the newest
+    record the store knows, which may have been deleted since (an idle poll then still ends
+    at the probe, rather than paging until a newer job comes)."""
+    if not rows or size != len(rows):
         return False
     if any(r.id not in known or known[r.id].status != r.status for r in rows):
         return False

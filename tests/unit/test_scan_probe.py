@@ -92,7 +92,6 @@ async def test_the_old_path_reads_a_page(store: SqliteStore) -> None:
         [rec(21), *history()],  # a new record on top
         [rec(20, "failed"), *history()[1:]],  # the newest known one changed
         [rec(20), rec(19, "failed"), *history()[2:]],  # the second one changed
-        history()[1:],  # the newest known one is gone: the list no longer starts with it
         [rec(20), rec(99, created="2026-01-01T00:00:19.500Z"), *history()[1:]],  # listed late
     ],
 )
@@ -104,6 +103,16 @@ async def test_anything_else_on_top_pages_as_before(
     assert source.calls == [(0, PROBE_LIMIT), (0, 10)]
     assert result.pages == 2
     assert {r.id: r.status for r in result.rows} == {r.id: r.status for r in change[:10]}
+
+
+async def test_a_deleted_newest_record_leaves_idle_polls_at_the_probe(
+    store: SqliteStore,
+) -> None:
+    """The newest known record deleted at Munsit: the known records under it are the top
+    now, and nothing new is above them."""
+    source = Listing(history()[1:])
+    result = await scan(source, store, page_size=10, max_pages=200, now=2.0)
+    assert source.calls == [(0, PROBE_LIMIT)] and result.pages == 1
 
 
 async def test_an_unreadable_item_in_the_probe_pages_as_before(store: SqliteStore) -> None:
