@@ -308,6 +308,13 @@ class Settings(BaseSettings):
             out[account.id] = self.upstream.model_copy(update=update)
         return out
 
+    def account_key(self, account: str) -> SecretStr:
+        """`account`'s API key (validation made sure every account has one)."""
+        key = self.account_upstreams()[account].api_key
+        if key is None:
+            raise ConfigError([f"account {account!r} has no API key"])
+        return key
+
     def client_account(self, client: ClientConfig) -> str:
         """The account a gateway client's submissions use."""
         return client.account or self.account_ids[0]

@@ -19,7 +19,6 @@ from bridge.deliver.routing import for_account
 from bridge.detect.account import AccountStore, AccountUpstream
 from bridge.detect.poller import Poller, PollResult
 from bridge.detect.progress import ProgressWatcher
-from bridge.errors import BridgeError
 from bridge.metrics import Metrics
 from bridge.models import DEFAULT_ACCOUNT
 from bridge.store.base import DetectionStore
@@ -62,12 +61,10 @@ def munsit_client(
     """A client of `account`'s Munsit API (its URL, key and timeout; `options` as
     `MunsitClient` takes them)."""
     up = settings.account_upstreams()[account]
-    if up.api_key is None:  # the configuration guarantees one
-        raise BridgeError(f"account {account!r} has no API key")
     return MunsitClient(
         session,
         base_url=up.base_url,
-        api_key=up.api_key,
+        api_key=settings.account_key(account),
         timeout_s=up.request_timeout_s,
         sleep=clock.sleep,
         now=clock.now,

@@ -4,7 +4,7 @@ follower the leader's last poll as the shared store records it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from bridge.admin.health import failing_reason, poll_error_kind, readiness
@@ -56,19 +56,15 @@ async def readyz(
         reasons = [f"store unreachable: {problem}"] if problem is not None else []
         reasons += [failing_reason(name, text) for name, text in sorted(failing.items())]
         states = {a.id: _leader_account(a.poller, now) for a in accounts.values()}
-        polls = [a.poller.last_success_at for a in accounts.values()]
-        last_poll = None if None in polls else min(p for p in polls if p is not None)
-    else:
+        named = list(states) != [DEFAULT_ACCOUNT]  # one account alone: as before accounts
+        for account_id, state in states.items():
+            reasons += [f"account {account_id}: {r}" if named else r for r in state["reasons"]]
+        last_poll = oldest_poll(a.poller for a in accounts.values())
+    else:  # a follower's reasons come from the leader's lease
         reasons, last_poll, body["leader"] = await _follower(
             settings, clock, problem, leader_state, failing
         )
         states = await _follower_accounts(settings, store, now) if problem is None else {}
-    for account_id, state in states.items():
-        if role == "leader":  # a follower's reasons come from the leader's lease
-            reasons += [
-                r if list(states) == [DEFAULT_ACCOUNT] else f"account {account_id}: {r}"
-                for r in state["reasons"]
-            ]
     shown = None if last_poll is None else iso_utc(last_poll)
     return body | {
         "ready": not reasons,
@@ -76,6 +72,13 @@ async def readyz(
         "last_poll_success_at": shown,
         "accounts": states,
     }
+
+
+def oldest_poll(pollers: Iterable[Poller]) -> float | None:
+    """The oldest of the pollers' last successful polls (None: one has none yet): the
+    bridge's last poll as the lease records it and `/readyz` shows it."""
+    times = [p.last_success_at for p in pollers]
+    return None if None in times else min(t for t in times if t is not None)
 
 
 def _leader_account(poller: Poller, now: float) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from bridge.models import (
 )
 from bridge.ops.core import Operations
 from bridge.polling import Account, open_accounts
-from bridge.ready import readyz
+from bridge.ready import oldest_poll, readyz
 from bridge.redact import describe
 from bridge.retention import Retention
 from bridge.store.base import GatewayStore, LeaderState, LeaderStore, Store
@@ -371,10 +371,9 @@ class Service:
             group.create_task(supervisor.run(account.component, polling))
 
     def _last_poll_at(self) -> float | None:
-        """The oldest of the accounts' last successful polls (None: one has none yet), for
-        the lease: followers judge readiness by it."""
-        times = [a.poller.last_success_at for a in self.accounts.values()]
-        return None if None in times else min(t for t in times if t is not None)
+        """The oldest of the accounts' last successful polls, for the lease: followers judge
+        readiness by it."""
+        return oldest_poll(a.poller for a in self.accounts.values())
 
     async def _reload_health_every(self, stop: asyncio.Event) -> None:
         """Read the subscribers' states now and then even without a wake-up (a missed

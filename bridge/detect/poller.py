@@ -99,9 +99,10 @@ class Poller:
         self._full_requested = False
         self._failures = 0
         # the last paged scan met an unreadable record: page again (not probe) until it is
-        # listed whole, wherever it is on the first page; and on a first poll, not known yet
-        self._unread = True
-        self._paged_at: float | None = None  # when a scan last read a whole first page
+        # listed whole, wherever it is on the first page
+        self._unread = False
+        # when a scan last read a whole first page (None: none yet, so the first poll does)
+        self._paged_at: float | None = None
         self.pending: list[RecordState] = []
         self.last_success_at: float | None = None
         self.last_error: str | None = None

@@ -230,10 +230,8 @@ async def _submit(request: web.Request) -> web.StreamResponse:
 
 def upstream_of(settings: Settings, client: ClientConfig) -> tuple[UpstreamConfig, SecretStr]:
     """The upstream settings and API key of the account `client` submits with."""
-    up = settings.account_upstreams()[settings.client_account(client)]
-    if up.api_key is None:  # the configuration guarantees one
-        raise GatewayError(500, NOT_REGISTERED, "the account has no API key")
-    return up, up.api_key
+    account = settings.client_account(client)
+    return settings.account_upstreams()[account], settings.account_key(account)
 
 
 def _pass_through(request: web.Request, answer: Answer, client: ClientConfig) -> web.Response:

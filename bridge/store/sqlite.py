@@ -43,6 +43,7 @@ from bridge.store.base import (
     SubscriberHealth,
     meta_key,
 )
+from bridge.store.claims_common import Claimed
 from bridge.store.sqlite_file import StoreLocked
 from bridge.store.sqlite_inline import Busy, InlineWriter
 from bridge.store.sqlite_open import explain, open_store
@@ -241,22 +242,8 @@ class SqliteStore:
         subs = list(subscribers)
         if not subs or limit <= 0:
             return []
-        token = uuid.uuid4().hex
-        max_attempts = self.max_attempts
-        claimed = await self._tx(
-            lambda c: claims.claim(
-                c,
-                subs,
-                limit,
-                now=now,
-                until=now + lease_s,
-                token=token,
-                max_attempts=max_attempts,
-                on_dead=on_dead,
-            )
-        )
-        claims.log_lost(claimed.lost)
-        return claimed.deliveries
+        claim = partial(claims.claim, subscribers=subs, limit=limit, on_dead=on_dead)
+        return await self._lease(claim, now=now, lease_s=lease_s)
 
     async def claim_lanes(
         self,
@@ -267,20 +254,21 @@ class SqliteStore:
         caps: Mapping[str, int] | None = None,
         on_dead: Callable[[Delivery, Attempt], Report | None] | None = None,
     ) -> list[Delivery]:
-        token = uuid.uuid4().hex
-        max_attempts = self.max_attempts
-        claimed = await self._hot_tx(
-            lambda c: claims.claim_lanes(
-                c,
-                rooms,
-                now=now,
-                until=now + lease_s,
-                token=token,
-                max_attempts=max_attempts,
-                caps=caps,
-                on_dead=on_dead,
-            )
-        )
+        claim = partial(claims.claim_lanes, rooms=rooms, caps=caps, on_dead=on_dead)
+        return await self._lease(claim, now=now, lease_s=lease_s, hot=True)
+
+    async def _lease(
+        self, claim: Callable[..., Claimed], *, now: float, lease_s: float, hot: bool = False
+    ) -> list[Delivery]:
+        """Run `claim` (a `sqlite_claim` function of a connection) in a transaction with a
+        fresh lease token, until `now + lease_s`; log the leases it found lost."""
+        token, max_attempts = uuid.uuid4().hex, self.max_attempts
+
+        def run(conn: sqlite3.Connection) -> Claimed:
+            until = now + lease_s
+            return claim(conn, now=now, until=until, token=token, max_attempts=max_attempts)
+
+        claimed = await (self._hot_tx(run) if hot else self._tx(run))
         claims.log_lost(claimed.lost)
         return claimed.deliveries
 
@@ -468,21 +456,8 @@ class SqliteStore:
     ) -> list[Delivery]:
         if limit <= 0:
             return []
-        token = uuid.uuid4().hex
-        max_attempts = self.max_attempts
-        claimed = await self._tx(
-            lambda c: claims.claim_jobs(
-                c,
-                limit,
-                now=now,
-                until=now + lease_s,
-                token=token,
-                max_attempts=max_attempts,
-                on_dead=on_dead,
-            )
-        )
-        claims.log_lost(claimed.lost)
-        return claimed.deliveries
+        claim = partial(claims.claim_jobs, limit=limit, on_dead=on_dead)
+        return await self._lease(claim, now=now, lease_s=lease_s)
 
     async def next_job_due_at(self) -> float | None:
         return await self._run(claims.next_job_due_at)
